@@ -1,0 +1,3 @@
+from cmkdtool.cli.app import main
+
+main()

@@ -1,0 +1,52 @@
+"""The ``cmkdtool`` command: joins the subcommands, turns errors into one line and an exit status."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+
+from cmkdtool import __version__
+from cmkdtool.cli import eval as eval_cmd
+from cmkdtool.cli import pretrain, synth
+from cmkdtool.cli.common import guard
+
+app = typer.Typer(
+    name="cmkdtool",
+    help="Cross-modal knowledge distillation: composable commands over Parquet feature tables and "
+    "safetensors checkpoints. Data goes to files or stdout; progress and notes go to stderr.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"cmkdtool {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show full tracebacks (also CMKDTOOL_DEBUG=1).")
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    if debug:
+        os.environ["CMKDTOOL_DEBUG"] = "1"
+
+
+app.add_typer(synth.app, name="synth")
+app.command("pretrain", no_args_is_help=True)(guard(pretrain.pretrain))
+app.command("eval", no_args_is_help=True)(guard(eval_cmd.evaluate))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``cmkdtool`` console script."""
+    app(args=argv, prog_name="cmkdtool")

@@ -1,0 +1,1 @@
+"""The shared training core: one loop for pretraining and every distillation method."""

@@ -1,0 +1,54 @@
+"""Device and precision resolution. An explicit device that does not exist is an error, never a fallback."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from cmkdtool.errors import CmkdError
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:N', 'mps'."""
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(spec)
+    except RuntimeError as e:
+        raise CmkdError(f"unknown device '{spec}'; use auto, cpu, cuda or cuda:N") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CmkdError(f"device '{spec}' requested but CUDA is not available here; use --device cpu or auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise CmkdError(
+                f"device '{spec}' does not exist: {torch.cuda.device_count()} CUDA device(s) visible"
+            )
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise CmkdError(f"device '{spec}' requested but MPS is not available; use --device cpu or auto")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise CmkdError(f"unsupported device '{spec}'; use auto, cpu, cuda or cuda:N")
+    return dev
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' is bf16 autocast on CUDA devices that support it, fp32 elsewhere."""
+    if precision not in PRECISIONS:
+        raise CmkdError(f"unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise CmkdError("--precision fp16 needs a CUDA device; use fp32 or bf16 on the CPU")
+    return precision
+
+
+def autocast(precision: str, device: torch.device):
+    """The autocast context for a resolved precision (a no-op for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)

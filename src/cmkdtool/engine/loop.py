@@ -1,0 +1,312 @@
+"""The one training loop every command runs on.
+
+A *method* (pretraining, or a distillation method) owns its modules and returns its loss as named terms from
+``training_step(batch)``; the engine weights and sums them, steps the optimizer and schedule, evaluates the
+deployable model on the val split each epoch, keeps the best (or last) weights, logs every term to the history
+and shows progress on stderr. Data stays on the device: batches are index slices of tensors already there,
+and loss values are accumulated on the device and read back once per epoch (no per-step host sync).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from cmkdtool.data.tensors import TensorData
+from cmkdtool.engine.device import autocast
+from cmkdtool.errors import CmkdError
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("constant", "step", "cosine")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by every training command (recorded in the checkpoint)."""
+
+    epochs: int = 100
+    batch_size: int | None = 64  # None: full batch
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+    select: str = "best"  # best | last
+    clip_grad: float | None = None
+    seed: int = 0
+    precision: str = "fp32"  # resolved: fp32 | bf16 | fp16
+    eval_batch_size: int = 8192
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise CmkdError("--epochs must be at least 1")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise CmkdError("--batch-size must be a positive integer or 'full'")
+        if self.optimizer not in OPTIMIZERS:
+            raise CmkdError(f"unknown optimizer '{self.optimizer}'; choose one of {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise CmkdError(f"unknown schedule '{self.schedule}'; choose one of {', '.join(SCHEDULES)}")
+        if self.select not in ("best", "last"):
+            raise CmkdError(f"--select must be best or last, not '{self.select}'")
+        if self.lr <= 0:
+            raise CmkdError("--lr must be positive")
+        if self.warmup_epochs < 0 or self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:
+            raise CmkdError("--warmup-epochs must be smaller than --epochs")
+
+
+@dataclass
+class Batch:
+    """One training batch: inputs and targets sliced on the device, and the row indices they came from."""
+
+    inputs: dict[str, Tensor]
+    target: Tensor | None
+    index: Tensor
+
+
+class Method(nn.Module):
+    """Base class of everything the engine trains.
+
+    Subclasses set ``self.student`` (the deployable model, an ``nn.Module`` taking a dict of input tensors and
+    returning logits) and implement ``training_step``. ``loss_weights`` maps term names to weights (a term
+    not listed has weight 1). Frozen modules (teachers) should be excluded from ``trainable_parameters``.
+    """
+
+    name = "method"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loss_weights: dict[str, float] = {}
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def setup(self, data: TensorData) -> None:
+        """Called once before training (e.g. to cache frozen-teacher outputs on the device)."""
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called at the start of each epoch (dynamic weights, warm-up)."""
+
+    def training_step(self, batch: Batch) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def train(self, mode: bool = True):  # frozen submodules stay in eval mode
+        super().train(mode)
+        for m in self.frozen_modules():
+            m.eval()
+        return self
+
+    def frozen_modules(self) -> list[nn.Module]:
+        return []
+
+
+@dataclass
+class FitResult:
+    state_dict: dict[str, Tensor]
+    best_epoch: int
+    history: list[dict]
+    final_metrics: dict[str, float]
+    best_metrics: dict[str, float]
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+            weight_decay=cfg.weight_decay,
+        )
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """Multiplier of the base learning rate at optimizer step ``step`` (linear warm-up, then the schedule)."""
+    total = cfg.epochs * steps_per_epoch
+    warm = cfg.warmup_epochs * steps_per_epoch
+    milestones = sorted(int(m) for m in cfg.milestones)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if cfg.schedule == "step":
+            epoch = step // steps_per_epoch
+            return cfg.gamma ** sum(epoch >= m for m in milestones)
+        if cfg.schedule == "cosine":
+            t = (step - warm) / max(1, total - warm)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+        return 1.0
+
+    return factor
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, data: TensorData, index: Tensor, *, precision: str = "fp32", batch_size: int = 8192,
+    embeddings: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """Logits (float32) and optionally embeddings of rows ``index``, in eval mode, chunked."""
+    was_training = model.training
+    model.eval()
+    logits, embs = [], []
+    for start in range(0, len(index), batch_size):
+        idx = index[start : start + batch_size]
+        x = {k: v[idx] for k, v in data.inputs.items()}
+        with autocast(precision, data.device):
+            if embeddings:
+                e = model.embed(x)
+                out = model.head(e)
+                embs.append(e.float())
+            else:
+                out = model(x)
+        logits.append(out.float())
+    model.train(was_training)
+    n_out = getattr(model, "spec", {}).get("num_classes", 0)
+    empty = torch.zeros(0, n_out, device=data.device)
+    lg = torch.cat(logits) if logits else empty
+    em = (torch.cat(embs) if embs else torch.zeros(0, 0, device=data.device)) if embeddings else None
+    return lg, em
+
+
+def task_loss(logits: Tensor, target: Tensor, task: str) -> Tensor:
+    """Cross-entropy for multi-class targets, binary cross-entropy with logits for multi-hot targets."""
+    if task == "multilabel":
+        return nn.functional.binary_cross_entropy_with_logits(logits, target)
+    return nn.functional.cross_entropy(logits, target)
+
+
+def val_metrics(model: nn.Module, data: TensorData, index: Tensor, precision: str, batch_size: int) -> dict:
+    """Loss and the selection metric (accuracy, or mAP for multi-label) on rows ``index``."""
+    logits, _ = predict(model, data, index, precision=precision, batch_size=batch_size)
+    target = data.target[index]
+    out = {"loss": task_loss(logits, target, data.task)}
+    if data.task == "multilabel":
+        from cmkdtool.analysis.metrics import multilabel_metrics
+
+        out["map"] = multilabel_metrics(target.cpu().numpy(), logits.cpu().numpy())["map"]
+    else:
+        out["accuracy"] = (logits.argmax(1) == target).float().mean()
+    return {k: float(v) for k, v in out.items()}
+
+
+def selection_key(task: str | None) -> str:
+    return "map" if task == "multilabel" else "accuracy"
+
+
+def fit(method: Method, data: TensorData, cfg: TrainConfig, *, quiet: bool = False, desc: str = "train") -> FitResult:
+    """Train ``method`` on the train split of ``data``; select on the val split; return the student's weights."""
+    cfg.validate()
+    device = data.device
+    method.to(device)
+    student = method.student
+    train_idx = data.index("train")
+    val_idx = data.index("val")
+    n_train = len(train_idx)
+    if n_train == 0:
+        raise CmkdError(f"{data.source}: the train split is empty; add a 'split' column or change --split-ratio")
+    select = cfg.select
+    if select == "best" and len(val_idx) == 0:
+        select = "last"
+        if not quiet:
+            print(f"note: {data.source} has no val rows; keeping the last epoch's weights", file=sys.stderr)
+    bs = n_train if cfg.batch_size is None else min(cfg.batch_size, n_train)
+    steps = math.ceil(n_train / bs)
+    method.setup(data)
+    params = method.trainable_parameters()
+    if not params:
+        raise CmkdError("nothing to train: the method has no trainable parameters")
+    opt = make_optimizer(params, cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg, steps))
+    scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
+    gen = torch.Generator().manual_seed(cfg.seed)
+    key = selection_key(data.task)
+    best_score, best_loss, best_epoch = -math.inf, math.inf, 0
+    best_state: dict[str, Tensor] | None = None
+    history: list[dict] = []
+    best_metrics: dict[str, float] = {}
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(range(1, cfg.epochs + 1), desc=desc, unit="epoch", file=sys.stderr, disable=quiet, leave=False,
+               dynamic_ncols=True)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        method.train()
+        method.on_epoch_start(epoch)
+        perm = train_idx[torch.randperm(n_train, generator=gen).to(device)] if bs < n_train else train_idx
+        sums: dict[str, Tensor] = {}
+        for s in range(steps):
+            idx = perm[s * bs : (s + 1) * bs]
+            batch = Batch({k: v[idx] for k, v in data.inputs.items()},
+                          None if data.target is None else data.target[idx], idx)
+            with autocast(cfg.precision, device):
+                terms = method.training_step(batch)
+                loss = sum(method.loss_weights.get(k, 1.0) * v for k, v in terms.items())
+            opt.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
+            else:
+                loss.backward()
+            if cfg.clip_grad:
+                nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+            if scaler is not None:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
+            sched.step()
+            w = float(len(idx))
+            for k, v in (("loss", loss), *terms.items()):
+                d = v.detach().float() * w
+                sums[k] = sums[k] + d if k in sums else d
+        row: dict = {"epoch": epoch, "lr": opt.param_groups[0]["lr"]}
+        row.update({f"train/{k}": float(v) / n_train for k, v in sums.items()})
+        if len(val_idx):
+            vm = val_metrics(student, data, val_idx, cfg.precision, cfg.eval_batch_size)
+            row.update({f"val/{k}": v for k, v in vm.items()})
+            if not math.isfinite(row["train/loss"]):
+                raise CmkdError(
+                    f"training diverged at epoch {epoch} (loss {row['train/loss']}); lower --lr or clip gradients"
+                )
+            score = vm[key]
+            if select == "best" and (score > best_score or (score == best_score and vm["loss"] < best_loss)):
+                best_score, best_loss, best_epoch = score, vm["loss"], epoch
+                best_state = copy.deepcopy(student.state_dict())
+                best_metrics = {f"val/{k}": v for k, v in vm.items()}
+        elif not math.isfinite(row["train/loss"]):
+            raise CmkdError(f"training diverged at epoch {epoch}; lower --lr or clip gradients")
+        row["time_s"] = round(time.perf_counter() - t0, 4)
+        history.append(row)
+        if not quiet:
+            post = {"loss": f"{row['train/loss']:.4f}"}
+            if f"val/{key}" in row:
+                post[f"val_{key}"] = f"{row[f'val/{key}']:.4f}"
+            bar.set_postfix(post, refresh=False)
+    bar.close()
+    final = {k: v for k, v in history[-1].items() if k.startswith(("train/", "val/"))}
+    if select == "last" or best_state is None:
+        best_state, best_epoch, best_metrics = student.state_dict(), cfg.epochs, final
+    return FitResult(best_state, best_epoch, history, final, best_metrics)
+
+
+def config_record(cfg: TrainConfig) -> dict:
+    return asdict(cfg)

@@ -1,0 +1,1 @@
+"""File formats: Parquet feature tables, safetensors checkpoints, atomic writes."""

@@ -1,0 +1,433 @@
+"""Parquet feature tables (see docs/formats.md).
+
+A feature table has an ``id`` string column (unique, non-null), optionally ``label`` (int64) or ``labels``
+(list<int64>, multi-label), optionally ``split`` (train/val/test), and one column per modality stored as
+``fixed_size_list<float32>[D]`` (row-major flattened; field metadata ``shape`` gives the sample shape when it is
+not a vector). Schema metadata key ``cmkdtool`` holds JSON provenance.
+
+Several tables join on ``id`` (inner join, in the order of the first table). ``-`` reads or writes an Arrow
+IPC stream on stdin/stdout, since Parquet cannot be streamed through a pipe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (registers pa.compute)
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+
+from cmkdtool.errors import CmkdError
+from cmkdtool.io.atomic import atomic_path
+
+META_KEY = b"cmkdtool"
+RESERVED = ("id", "label", "labels", "split")
+SPLITS = ("train", "val", "test")
+ROW_GROUP_SIZE = 65536
+
+
+def _display(path: str | os.PathLike) -> str:
+    return "<stdin>" if str(path) == "-" else str(path)
+
+
+@dataclass
+class FeatureTable:
+    """An Arrow table of features plus what cmkdtool knows about it (sources, provenance metadata)."""
+
+    table: pa.Table
+    sources: list[str] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return " + ".join(self.sources) or "<table>"
+
+    @property
+    def num_rows(self) -> int:
+        return self.table.num_rows
+
+    @property
+    def column_names(self) -> list[str]:
+        return list(self.table.column_names)
+
+    def modality_columns(self) -> list[str]:
+        """Columns holding features (every list-of-float column that is not reserved)."""
+        out = []
+        for f in self.table.schema:
+            if f.name in RESERVED:
+                continue
+            if pa.types.is_fixed_size_list(f.type) or pa.types.is_list(f.type) or pa.types.is_large_list(f.type):
+                if pa.types.is_floating(f.type.value_type):
+                    out.append(f.name)
+        return out
+
+    def require(self, column: str, what: str = "column") -> None:
+        if column not in self.table.column_names:
+            have = ", ".join(self.modality_columns()) or "none"
+            hint = _closest(column, self.table.column_names)
+            raise CmkdError(
+                f"{self.name}: no {what} '{column}'"
+                + (f" (did you mean '{hint}'?)" if hint else "")
+                + f"; feature columns here: {have}"
+            )
+
+    def ids(self) -> np.ndarray:
+        return np.asarray(self.table.column("id").to_pylist(), dtype=object)
+
+    def shape(self, column: str) -> tuple[int, ...]:
+        """Per-sample shape of a modality column: field metadata ``shape`` or ``[D]``."""
+        self.require(column)
+        f = self.table.schema.field(column)
+        dim = _column_dim(self.table.column(column), f, self.name)
+        if f.metadata and b"shape" in f.metadata:
+            try:
+                shape = tuple(int(s) for s in json.loads(f.metadata[b"shape"]))
+            except (ValueError, TypeError) as e:
+                raise CmkdError(f"{self.name}: column '{column}' has unreadable shape metadata: {e}") from e
+            if int(np.prod(shape)) != dim:
+                raise CmkdError(
+                    f"{self.name}: column '{column}' shape metadata {list(shape)} does not match its width {dim}"
+                )
+            return shape
+        return (dim,)
+
+    def array(self, column: str, check_finite: bool = True) -> np.ndarray:
+        """The column as a float32 (N, D) array; zero-copy when the column is one null-free chunk."""
+        self.require(column)
+        f = self.table.schema.field(column)
+        col = self.table.column(column)
+        dim = _column_dim(col, f, self.name)
+        if col.null_count:
+            raise CmkdError(f"{self.name}: column '{column}' has {col.null_count} null rows; drop or fill them")
+        chunks = col.chunks
+        if len(chunks) == 1:
+            values = chunks[0].flatten()
+        else:
+            values = pa.concat_arrays([c.flatten() for c in chunks]) if chunks else pa.array([], pa.float32())
+        if values.null_count:
+            raise CmkdError(f"{self.name}: column '{column}' has null values inside rows; fill them")
+        arr = values.to_numpy(zero_copy_only=False)
+        if arr.dtype != np.float32:
+            arr = arr.astype(np.float32)
+        arr = arr.reshape(self.num_rows, dim)
+        if check_finite:
+            bad = ~np.isfinite(arr)
+            if bad.any():
+                rows = np.nonzero(bad.any(axis=1))[0]
+                first = self.table.column("id")[int(rows[0])].as_py() if "id" in self.column_names else rows[0]
+                raise CmkdError(
+                    f"{self.name}: column '{column}' has {int(bad.sum())} NaN/inf values in {len(rows)} rows "
+                    f"(first at id '{first}'); clean or impute them before using this table"
+                )
+        return arr
+
+    def has_labels(self) -> bool:
+        return "label" in self.column_names or "labels" in self.column_names
+
+    def task(self) -> str:
+        if "label" in self.column_names:
+            return "multiclass"
+        if "labels" in self.column_names:
+            return "multilabel"
+        raise CmkdError(f"{self.name}: no 'label' (int) or 'labels' (list<int>) column; this command needs labels")
+
+    def class_names(self) -> list[str] | None:
+        names = self.meta.get("class_names")
+        return [str(n) for n in names] if isinstance(names, list) else None
+
+    def label_array(self) -> np.ndarray:
+        """``label`` as int64 (N,), or ``labels`` as a list-of-index object array (N,)."""
+        if self.task() == "multiclass":
+            col = self.table.column("label")
+            if not pa.types.is_integer(col.type):
+                raise CmkdError(f"{self.name}: column 'label' must be integer class indices, found {col.type}")
+            if col.null_count:
+                raise CmkdError(f"{self.name}: column 'label' has {col.null_count} null rows; drop them")
+            return col.to_numpy().astype(np.int64)
+        col = self.table.column("labels")
+        if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)) or not pa.types.is_integer(
+            col.type.value_type
+        ):
+            raise CmkdError(f"{self.name}: column 'labels' must be list<int64> of class indices, found {col.type}")
+        if col.null_count:
+            raise CmkdError(f"{self.name}: column 'labels' has {col.null_count} null rows; use [] for none")
+        return np.asarray([np.asarray(v, dtype=np.int64) for v in col.to_pylist()], dtype=object)
+
+    def split_array(self, ratio: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0) -> np.ndarray:
+        """The ``split`` column, or a deterministic split from hashing each id with ``seed`` (see docs)."""
+        if "split" in self.column_names:
+            col = self.table.column("split")
+            if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+                raise CmkdError(f"{self.name}: column 'split' must be strings (train/val/test), found {col.type}")
+            values = np.asarray(col.to_pylist(), dtype=object)
+            bad = sorted({str(v) for v in values if v not in SPLITS})
+            if bad:
+                raise CmkdError(
+                    f"{self.name}: column 'split' has values {bad[:5]}; allowed are train, val, test"
+                )
+            return values
+        return hash_split(self.ids(), ratio, seed)
+
+
+def hash_split(ids: Iterable[str], ratio: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0) -> np.ndarray:
+    """Assign train/val/test by hashing ``f"{seed}:{id}"``: stable across row order, joins and machines."""
+    r = np.asarray(ratio, dtype=np.float64)
+    if r.shape != (3,) or (r < 0).any() or r.sum() <= 0:
+        raise CmkdError(f"split ratio must be three non-negative numbers train,val,test; got {list(ratio)}")
+    edges = np.cumsum(r / r.sum())
+    u = np.fromiter(
+        (
+            int.from_bytes(hashlib.blake2b(f"{seed}:{i}".encode(), digest_size=8).digest(), "little") / 2.0**64
+            for i in ids
+        ),
+        dtype=np.float64,
+    )
+    which = np.searchsorted(edges, u, side="right").clip(0, 2)
+    return np.asarray(SPLITS, dtype=object)[which]
+
+
+def _closest(name: str, options: Iterable[str]) -> str | None:
+    import difflib
+
+    m = difflib.get_close_matches(name, list(options), n=1, cutoff=0.6)
+    return m[0] if m else None
+
+
+def _column_dim(col: pa.ChunkedArray, f: pa.Field, name: str) -> int:
+    t = f.type
+    if pa.types.is_fixed_size_list(t):
+        if not pa.types.is_floating(t.value_type):
+            raise CmkdError(f"{name}: column '{f.name}' holds {t.value_type}, expected float32 features")
+        return t.list_size
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        if not pa.types.is_floating(t.value_type):
+            raise CmkdError(f"{name}: column '{f.name}' holds {t.value_type}, expected float32 features")
+        lengths = set()
+        for c in col.chunks:
+            lengths.update(np.unique(c.value_lengths().to_numpy(zero_copy_only=False)).tolist())
+        lengths.discard(None)
+        if len(lengths) > 1:
+            raise CmkdError(
+                f"{name}: column '{f.name}' has rows of different lengths {sorted(lengths)[:4]}; "
+                "every sample of a modality must have the same size"
+            )
+        return int(lengths.pop()) if lengths else 0
+    raise CmkdError(f"{name}: column '{f.name}' is {t}, not a feature column (fixed_size_list<float32>)")
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+def _read_one(path: str, columns: Sequence[str] | None) -> pa.Table:
+    if str(path) == "-":
+        if sys.stdin.isatty():
+            raise CmkdError("'-' reads an Arrow IPC stream from stdin, but stdin is a terminal; pipe a table in")
+        try:
+            reader = ipc.open_stream(sys.stdin.buffer)
+            table = reader.read_all()
+        except pa.ArrowInvalid as e:
+            raise CmkdError(f"<stdin>: not an Arrow IPC stream ({e}); pipe the output of a cmkdtool command") from e
+        return table.select([c for c in columns if c in table.column_names]) if columns else table
+    p = Path(path)
+    if not p.exists():
+        raise CmkdError(f"{path}: no such file")
+    if p.is_dir():
+        raise CmkdError(f"{path}: is a folder, expected a Parquet feature table")
+    try:
+        pf = pq.ParquetFile(p)
+        names = pf.schema_arrow.names
+        sel = None if columns is None else [c for c in names if c in set(columns)]
+        return pf.read(columns=sel)
+    except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as e:
+        raise CmkdError(
+            f"{path}: not a readable Parquet file ({str(e).splitlines()[0]}); give a table written by cmkdtool "
+            "or by pyarrow as docs/formats.md describes"
+        ) from e
+
+
+def _meta_of(table: pa.Table) -> dict:
+    raw = (table.schema.metadata or {}).get(META_KEY)
+    if not raw:
+        return {}
+    try:
+        meta = json.loads(raw)
+        return meta if isinstance(meta, dict) else {}
+    except ValueError:
+        return {}
+
+
+def _check_ids(table: pa.Table, name: str) -> None:
+    if "id" not in table.column_names:
+        raise CmkdError(f"{name}: no 'id' column; every feature table needs a unique string id per row")
+    col = table.column("id")
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        raise CmkdError(f"{name}: column 'id' must be strings, found {col.type}; cast it with str()")
+    if col.null_count:
+        raise CmkdError(f"{name}: column 'id' has {col.null_count} null values; every row needs an id")
+    n_unique = len(pa.compute.unique(col))
+    if n_unique != table.num_rows:
+        counts = pa.compute.value_counts(col)
+        dup = next(v["values"].as_py() for v in counts if v["counts"].as_py() > 1)
+        raise CmkdError(
+            f"{name}: {table.num_rows - n_unique} duplicate ids (e.g. '{dup}'); ids must be unique within a table"
+        )
+
+
+def read_tables(paths: Sequence[str], columns: Sequence[str] | None = None) -> FeatureTable:
+    """Read one or more feature tables and inner-join them on ``id``.
+
+    ``columns`` limits what is read (``id``, ``label``, ``labels``, ``split`` are always read when present).
+    Columns that appear in several tables: ``label``/``labels``/``split`` must agree; a feature column may live
+    in one table only. Rows missing from any table are dropped and the count is recorded in ``notes``.
+    """
+    if not paths:
+        raise CmkdError("no feature table given")
+    if sum(1 for p in paths if str(p) == "-") > 1:
+        raise CmkdError("'-' (stdin) can be given only once")
+    want = None if columns is None else list(dict.fromkeys([*RESERVED, *columns]))
+    merged: pa.Table | None = None
+    meta: dict = {}
+    notes: list[str] = []
+    owner: dict[str, str] = {}
+    for path in paths:
+        name = _display(path)
+        t = _read_one(path, want)
+        _check_ids(t, name)
+        m = _meta_of(t)
+        if not meta or (m.get("class_names") and not meta.get("class_names")):
+            meta = m
+        if merged is None:
+            merged = t
+            owner = {c: name for c in t.column_names}
+            continue
+        merged = _join(merged, t, owner, name, notes)
+    assert merged is not None
+    ft = FeatureTable(merged, [_display(p) for p in paths], meta, notes)
+    if columns is not None:
+        for c in columns:
+            ft.require(c)
+    return ft
+
+
+def _join(left: pa.Table, right: pa.Table, owner: dict[str, str], rname: str, notes: list[str]) -> pa.Table:
+    lid = left.column("id")
+    rid = right.column("id")
+    pos = pa.compute.index_in(lid, value_set=rid)
+    keep = pa.compute.is_valid(pos).to_numpy(zero_copy_only=False)
+    lrows = np.nonzero(keep)[0]
+    rrows = pos.drop_null().to_numpy(zero_copy_only=False).astype(np.int64)
+    dropped_left = left.num_rows - len(lrows)
+    dropped_right = right.num_rows - len(rrows)
+    if dropped_left or dropped_right:
+        notes.append(
+            f"join on id with {rname}: kept {len(lrows)} rows; dropped {dropped_left} rows with no match in "
+            f"{rname} and {dropped_right} rows of {rname} with no match in {', '.join(sorted(set(owner.values())))}"
+        )
+    if len(lrows) == 0:
+        raise CmkdError(
+            f"{rname}: no id in common with {', '.join(sorted(set(owner.values())))}; "
+            "tables of different modalities must share the 'id' of each sample"
+        )
+    left = left.take(pa.array(lrows))
+    right = right.take(pa.array(rrows))
+    for c in right.column_names:
+        if c == "id":
+            continue
+        if c in left.column_names:
+            if c in RESERVED:
+                if not left.column(c).equals(right.column(c)):
+                    raise CmkdError(
+                        f"{rname}: column '{c}' disagrees with {owner[c]} on the same ids; keep it in one table"
+                    )
+                continue
+            raise CmkdError(f"column '{c}' is in both {owner[c]} and {rname}; rename one of them")
+        left = left.append_column(right.schema.field(c), right.column(c))
+        owner[c] = rname
+    return left
+
+
+# ----------------------------------------------------------------------------------------------- writing
+
+
+def feature_field(name: str, shape: Sequence[int]) -> pa.Field:
+    """A modality column's field: fixed_size_list<float32>[prod(shape)], with ``shape`` metadata if not 1-D."""
+    dim = int(np.prod(shape)) if len(shape) else 1
+    meta = {b"shape": json.dumps([int(s) for s in shape]).encode()} if len(shape) != 1 else None
+    return pa.field(name, pa.list_(pa.float32(), dim), nullable=False, metadata=meta)
+
+
+def feature_array(values: np.ndarray) -> pa.FixedSizeListArray:
+    """(N, ...) float array -> FixedSizeListArray of float32, flattened row-major, without copying float32."""
+    v = np.ascontiguousarray(values, dtype=np.float32)
+    n = v.shape[0]
+    flat = v.reshape(n, -1)
+    return pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1])
+
+
+def build_table(
+    ids: Sequence[str],
+    features: dict[str, np.ndarray],
+    *,
+    label: np.ndarray | None = None,
+    labels: Sequence[Sequence[int]] | None = None,
+    split: Sequence[str] | None = None,
+    shapes: dict[str, Sequence[int]] | None = None,
+    meta: dict | None = None,
+) -> pa.Table:
+    """Assemble a feature table in cmkdtool's layout. ``features[name]`` is (N, ...) and keeps its sample shape."""
+    shapes = dict(shapes or {})
+    fields = [pa.field("id", pa.string(), nullable=False)]
+    arrays: list[pa.Array] = [pa.array([str(i) for i in ids], pa.string())]
+    if label is not None:
+        fields.append(pa.field("label", pa.int64(), nullable=False))
+        arrays.append(pa.array(np.asarray(label, dtype=np.int64)))
+    if labels is not None:
+        fields.append(pa.field("labels", pa.list_(pa.int64()), nullable=False))
+        arrays.append(pa.array([[int(x) for x in row] for row in labels], pa.list_(pa.int64())))
+    if split is not None:
+        fields.append(pa.field("split", pa.string(), nullable=False))
+        arrays.append(pa.array([str(s) for s in split], pa.string()))
+    for name, values in features.items():
+        values = np.asarray(values)
+        shape = tuple(shapes.get(name, values.shape[1:]))
+        fields.append(feature_field(name, shape))
+        arrays.append(feature_array(values))
+    schema = pa.schema(fields, metadata={META_KEY: json.dumps(meta or {}, sort_keys=True).encode()})
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def write_table(table: pa.Table, path: str | os.PathLike, row_group_size: int = ROW_GROUP_SIZE) -> None:
+    """Write a table: Parquet (zstd, row groups, atomic rename) or, for ``-``, an Arrow IPC stream on stdout."""
+    if str(path) == "-":
+        if sys.stdout.isatty():
+            raise CmkdError("refusing to write a binary table to a terminal; redirect stdout or give -o FILE")
+        out = sys.stdout.buffer
+        with ipc.new_stream(out, table.schema) as w:
+            for batch in table.to_batches(max_chunksize=row_group_size):
+                w.write_batch(batch)
+        out.flush()
+        return
+    with atomic_path(path) as tmp:
+        with pq.ParquetWriter(tmp, table.schema, compression="zstd") as w:
+            for batch in table.to_batches(max_chunksize=row_group_size):
+                w.write_batch(batch, row_group_size=row_group_size)
+
+
+def file_sha256(path: str | os.PathLike) -> str | None:
+    """sha256 of a file (None for stdin), for provenance metadata."""
+    if str(path) == "-":
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

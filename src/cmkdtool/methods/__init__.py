@@ -1,0 +1,1 @@
+"""Training methods: supervised pretraining and (registered by name) the distillation methods."""

@@ -1,0 +1,1 @@
+"""Models: encoders, heads, late fusion; rebuilt from a JSON spec stored in checkpoints."""

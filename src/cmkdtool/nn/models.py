@@ -1,0 +1,116 @@
+"""Models built from a JSON spec, so that a checkpoint rebuilds its model with no code change.
+
+A model sees one or more input columns. Each input is standardised (train-split mean and std, stored as
+buffers in the state_dict), passed through its own encoder, the encoder outputs are concatenated (late fusion)
+into the *embedding*, and a head maps the embedding to class logits.
+
+Spec keys (see docs/formats.md):
+  arch          "linear" (no encoder: logistic/softmax regression) or "mlp"
+  inputs        [{"name": column, "shape": [..]}]
+  hidden        encoder hidden sizes (mlp), e.g. [256, 128]
+  head_hidden   hidden sizes of the head after fusion (default [] = one linear layer)
+  activation    relu | leaky_relu | gelu
+  dropout       dropout probability after each hidden activation
+  batch_norm    BatchNorm1d after each hidden linear layer
+  num_classes, task ("multiclass" | "multilabel"), class_names, role
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from cmkdtool.errors import CmkdError
+
+ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "gelu": nn.GELU}
+ARCHS = ("linear", "mlp")
+
+
+class Standardize(nn.Module):
+    """(x - mean) / std with statistics from the train split, kept as buffers."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    @torch.no_grad()
+    def fit(self, x: Tensor) -> None:
+        x64 = x.double()
+        mean = x64.mean(0)
+        std = x64.std(0, unbiased=False)
+        std = torch.where(std > 1e-8, std, torch.ones_like(std))
+        self.mean.copy_(mean.to(self.mean.dtype))
+        self.std.copy_(std.to(self.std.dtype))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
+
+def mlp(in_dim: int, hidden: list[int], activation: str, dropout: float, batch_norm: bool) -> nn.Sequential:
+    """Linear -> [BatchNorm] -> activation -> [Dropout], for each hidden size."""
+    layers: list[nn.Module] = []
+    d = in_dim
+    for h in hidden:
+        layers.append(nn.Linear(d, h))
+        if batch_norm:
+            layers.append(nn.BatchNorm1d(h))
+        layers.append(ACTIVATIONS[activation]())
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        d = h
+    return nn.Sequential(*layers)
+
+
+def _validate(spec: dict) -> None:
+    if spec.get("arch") not in ARCHS:
+        raise CmkdError(f"unknown architecture {spec.get('arch')!r}; choose one of {', '.join(ARCHS)}")
+    if spec.get("activation", "relu") not in ACTIVATIONS:
+        raise CmkdError(f"unknown activation {spec.get('activation')!r}; choose one of {', '.join(ACTIVATIONS)}")
+    if spec["arch"] == "linear" and spec.get("hidden"):
+        raise CmkdError("architecture 'linear' has no hidden layers; drop --hidden or use --arch mlp")
+    if spec["arch"] == "mlp" and not spec.get("hidden"):
+        raise CmkdError("architecture 'mlp' needs hidden sizes, e.g. --hidden 256,128")
+    if not spec.get("inputs"):
+        raise CmkdError("a model needs at least one --input column")
+    for i in spec["inputs"]:
+        if "." in i["name"] or not i["name"]:
+            raise CmkdError(f"input column name {i['name']!r} cannot be used as a layer name; rename the column")
+    if int(spec.get("num_classes", 0)) < 1:
+        raise CmkdError("a model needs at least one class")
+
+
+class CmkdModel(nn.Module):
+    """Per-input standardisation and encoders, late fusion by concatenation, and a classification head."""
+
+    def __init__(self, spec: dict) -> None:
+        super().__init__()
+        _validate(spec)
+        self.spec = spec
+        act, drop, bn = spec.get("activation", "relu"), float(spec.get("dropout", 0.0)), bool(spec.get("batch_norm"))
+        self.input_names = [i["name"] for i in spec["inputs"]]
+        self.input_dims = {i["name"]: int(math.prod(i["shape"])) for i in spec["inputs"]}
+        self.norm = nn.ModuleDict({n: Standardize(d) for n, d in self.input_dims.items()})
+        hidden = [int(h) for h in spec.get("hidden") or []]
+        self.encoders = nn.ModuleDict({n: mlp(d, hidden, act, drop, bn) for n, d in self.input_dims.items()})
+        self.embed_dim = sum(hidden[-1] if hidden else d for d in self.input_dims.values())
+        head_hidden = [int(h) for h in spec.get("head_hidden") or []]
+        self.head = nn.Sequential(
+            *mlp(self.embed_dim, head_hidden, act, drop, bn),
+            nn.Linear(head_hidden[-1] if head_hidden else self.embed_dim, int(spec["num_classes"])),
+        )
+
+    def embed(self, inputs: dict[str, Tensor]) -> Tensor:
+        """The fused embedding (input of the head)."""
+        parts = [self.encoders[n](self.norm[n](inputs[n].flatten(1))) for n in self.input_names]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def forward(self, inputs: dict[str, Tensor]) -> Tensor:
+        return self.head(self.embed(inputs))
+
+
+def build_model(spec: dict) -> CmkdModel:
+    """Build an (untrained) model from its spec."""
+    return CmkdModel(spec)
