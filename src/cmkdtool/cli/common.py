@@ -14,14 +14,19 @@ from cmkdtool.errors import CmkdError, CmkdUsageError
 DeviceOpt = Annotated[
     str,
     typer.Option(
-        "--device", envvar="CMKDTOOL_DEVICE",
+        "--device",
+        envvar="CMKDTOOL_DEVICE",
         help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N. A device that is missing is an error.",
     ),
 ]
-SeedOpt = Annotated[int, typer.Option("--seed", envvar="CMKDTOOL_SEED", help="Random seed (initialisation, batches).")]
+SeedOpt = Annotated[
+    int, typer.Option("--seed", envvar="CMKDTOOL_SEED", help="Random seed (initialisation, batches).")
+]
 PrecisionOpt = Annotated[
     str,
-    typer.Option("--precision", help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32, bf16 or fp16 (CUDA only)."),
+    typer.Option(
+        "--precision", help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32, bf16 or fp16 (CUDA only)."
+    ),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or notes on stderr.")]
 SplitRatioOpt = Annotated[
@@ -32,7 +37,9 @@ SplitRatioOpt = Annotated[
         "hashing their id with --split-seed, so every command agrees).",
     ),
 ]
-SplitSeedOpt = Annotated[int, typer.Option("--split-seed", help="Seed of the id-hash split (see --split-ratio).")]
+SplitSeedOpt = Annotated[
+    int, typer.Option("--split-seed", help="Seed of the id-hash split (see --split-ratio).")
+]
 
 
 def note(msg: str, quiet: bool = False) -> None:

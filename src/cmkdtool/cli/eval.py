@@ -10,12 +10,35 @@ from typing import Annotated
 
 import typer
 
-from cmkdtool.cli.common import DeviceOpt, PrecisionOpt, QuietOpt, SplitSeedOpt, note, parse_floats, parse_ints
+from cmkdtool.cli.common import (
+    DeviceOpt,
+    PrecisionOpt,
+    QuietOpt,
+    SplitSeedOpt,
+    note,
+    parse_floats,
+    parse_ints,
+)
 
 FORMATS = ("table", "json", "jsonl", "csv")
 ORDER = [
-    "n", "accuracy", "wa", "ua", "top1", "top5", "map", "hamming_accuracy", "precision_macro", "recall_macro",
-    "f1_macro", "precision_micro", "recall_micro", "f1_micro", "r@1", "r@5", "r@10",
+    "n",
+    "accuracy",
+    "wa",
+    "ua",
+    "top1",
+    "top5",
+    "map",
+    "hamming_accuracy",
+    "precision_macro",
+    "recall_macro",
+    "f1_macro",
+    "precision_micro",
+    "recall_micro",
+    "f1_micro",
+    "r@1",
+    "r@5",
+    "r@10",
 ]
 
 
@@ -47,20 +70,28 @@ def _render(result: dict, fmt: str) -> str:
 
 def evaluate(
     checkpoint: Annotated[str, typer.Argument(help="Checkpoint (.safetensors) written by cmkdtool.")],
-    tables: Annotated[list[str], typer.Argument(help="Feature table(s) with the model's input columns and labels.")],
+    tables: Annotated[
+        list[str], typer.Argument(help="Feature table(s) with the model's input columns and labels.")
+    ],
     split: Annotated[str, typer.Option(help="Split to evaluate: train, val, test or all.")] = "test",
-    format: Annotated[str, typer.Option("--format", "-f", help="table (for people), json, jsonl or csv.")] = "table",
+    format: Annotated[
+        str, typer.Option("--format", "-f", help="table (for people), json, jsonl or csv.")
+    ] = "table",
     predictions: Annotated[
-        str | None, typer.Option(help="Also write per-row predictions (id, label, prediction, scores) to this Parquet.")
+        str | None,
+        typer.Option(help="Also write per-row predictions (id, label, prediction, scores) to this Parquet."),
     ] = None,
     topk: Annotated[str, typer.Option(help="Top-k accuracies to report, comma-separated.")] = "1,5",
     retrieval: Annotated[
-        bool, typer.Option("--retrieval/--no-retrieval", help="kNN retrieval R@1/5/10 against the gallery split.")
+        bool,
+        typer.Option("--retrieval/--no-retrieval", help="kNN retrieval R@1/5/10 against the gallery split."),
     ] = True,
     gallery: Annotated[str, typer.Option(help="Gallery split for retrieval.")] = "train",
     split_ratio: Annotated[
         str | None,
-        typer.Option(help="train,val,test fractions for tables without a 'split' column [default: the checkpoint's]."),
+        typer.Option(
+            help="train,val,test fractions for tables without a 'split' column [default: the checkpoint's]."
+        ),
     ] = None,
     split_seed: SplitSeedOpt = None,
     device: DeviceOpt = "auto",
@@ -87,7 +118,11 @@ def evaluate(
     from cmkdtool.io.tables import read_tables
 
     spec, train = read_metadata(checkpoint)
-    ratio = parse_floats(split_ratio, "--split-ratio", 3) if split_ratio else train.get("split_ratio", [0.8, 0.1, 0.1])
+    ratio = (
+        parse_floats(split_ratio, "--split-ratio", 3)
+        if split_ratio
+        else train.get("split_ratio", [0.8, 0.1, 0.1])
+    )
     sseed = split_seed if split_seed is not None else int(train.get("split_seed", 0))
     dev = resolve_device(device)
     model = load_model(checkpoint, dev)
@@ -108,7 +143,12 @@ def evaluate(
     if data.task != spec.get("task", data.task):
         raise CmkdError(f"{table.name}: a {data.task} table but {checkpoint} is a {spec.get('task')} model")
     metrics, scores, rows = run(
-        model, data, split=split, topk=ks, retrieval=retrieval, gallery_split=gallery,
+        model,
+        data,
+        split=split,
+        topk=ks,
+        retrieval=retrieval,
+        gallery_split=gallery,
         precision=resolve_precision(precision, dev),
     )
     result = {"checkpoint": checkpoint, "split": split, **metrics}

@@ -7,16 +7,31 @@ from typing import Annotated
 import typer
 
 from cmkdtool.cli.common import (
-    DeviceOpt, PrecisionOpt, QuietOpt, SeedOpt, SplitRatioOpt, SplitSeedOpt, check_output, command_line, note,
-    parse_batch_size, parse_floats, parse_ints,
+    DeviceOpt,
+    PrecisionOpt,
+    QuietOpt,
+    SeedOpt,
+    SplitRatioOpt,
+    SplitSeedOpt,
+    check_output,
+    command_line,
+    note,
+    parse_batch_size,
+    parse_floats,
+    parse_ints,
 )
 
 PANEL_MODEL = "Model"
 PANEL_OPT = "Optimisation"
 
-TablesArg = Annotated[list[str], typer.Argument(help="Feature table(s), joined on id ('-': Arrow stream on stdin).")]
+TablesArg = Annotated[
+    list[str], typer.Argument(help="Feature table(s), joined on id ('-': Arrow stream on stdin).")
+]
 InputOpt = Annotated[
-    list[str], typer.Option("--input", "-i", help="Input column; repeat for a late-fusion model (e.g. -i audio -i image).")
+    list[str],
+    typer.Option(
+        "--input", "-i", help="Input column; repeat for a late-fusion model (e.g. -i audio -i image)."
+    ),
 ]
 OutputOpt = Annotated[str, typer.Option("--output", "-o", help="Output checkpoint (.safetensors).")]
 
@@ -25,37 +40,64 @@ def pretrain(
     tables: TablesArg,
     input: InputOpt,
     output: OutputOpt,
-    arch: Annotated[str, typer.Option(help="linear (softmax regression) or mlp.", rich_help_panel=PANEL_MODEL)] = "mlp",
+    arch: Annotated[
+        str, typer.Option(help="linear (softmax regression) or mlp.", rich_help_panel=PANEL_MODEL)
+    ] = "mlp",
     hidden: Annotated[
         str, typer.Option(help="Encoder hidden sizes for mlp, comma-separated.", rich_help_panel=PANEL_MODEL)
     ] = "256",
     head_hidden: Annotated[
-        str, typer.Option(help="Hidden sizes of the head after fusion ('' = one linear layer).", rich_help_panel=PANEL_MODEL)
+        str,
+        typer.Option(
+            help="Hidden sizes of the head after fusion ('' = one linear layer).", rich_help_panel=PANEL_MODEL
+        ),
     ] = "",
-    activation: Annotated[str, typer.Option(help="relu, leaky_relu or gelu.", rich_help_panel=PANEL_MODEL)] = "relu",
-    dropout: Annotated[float, typer.Option(help="Dropout probability after hidden layers.", rich_help_panel=PANEL_MODEL)] = 0.0,
+    activation: Annotated[
+        str, typer.Option(help="relu, leaky_relu or gelu.", rich_help_panel=PANEL_MODEL)
+    ] = "relu",
+    dropout: Annotated[
+        float, typer.Option(help="Dropout probability after hidden layers.", rich_help_panel=PANEL_MODEL)
+    ] = 0.0,
     batch_norm: Annotated[
-        bool, typer.Option("--batch-norm/--no-batch-norm", help="BatchNorm after hidden layers.", rich_help_panel=PANEL_MODEL)
+        bool,
+        typer.Option(
+            "--batch-norm/--no-batch-norm", help="BatchNorm after hidden layers.", rich_help_panel=PANEL_MODEL
+        ),
     ] = False,
-    role: Annotated[str, typer.Option(help="Recorded role: teacher or student.", rich_help_panel=PANEL_MODEL)] = "teacher",
+    role: Annotated[
+        str, typer.Option(help="Recorded role: teacher or student.", rich_help_panel=PANEL_MODEL)
+    ] = "teacher",
     epochs: Annotated[int, typer.Option(help="Training epochs.", rich_help_panel=PANEL_OPT)] = 100,
-    batch_size: Annotated[str, typer.Option(help="Batch size in rows, or 'full'.", rich_help_panel=PANEL_OPT)] = "64",
+    batch_size: Annotated[
+        str, typer.Option(help="Batch size in rows, or 'full'.", rich_help_panel=PANEL_OPT)
+    ] = "64",
     optimizer: Annotated[str, typer.Option(help="adamw or sgd.", rich_help_panel=PANEL_OPT)] = "adamw",
     lr: Annotated[float, typer.Option(help="Base learning rate.", rich_help_panel=PANEL_OPT)] = 1e-3,
     momentum: Annotated[float, typer.Option(help="SGD momentum.", rich_help_panel=PANEL_OPT)] = 0.9,
     nesterov: Annotated[bool, typer.Option(help="SGD Nesterov momentum.", rich_help_panel=PANEL_OPT)] = False,
-    weight_decay: Annotated[float, typer.Option(help="Weight decay (decoupled for adamw).", rich_help_panel=PANEL_OPT)] = 0.0,
-    schedule: Annotated[str, typer.Option(help="constant, step or cosine.", rich_help_panel=PANEL_OPT)] = "constant",
+    weight_decay: Annotated[
+        float, typer.Option(help="Weight decay (decoupled for adamw).", rich_help_panel=PANEL_OPT)
+    ] = 0.0,
+    schedule: Annotated[
+        str, typer.Option(help="constant, step or cosine.", rich_help_panel=PANEL_OPT)
+    ] = "constant",
     milestones: Annotated[
-        str, typer.Option(help="Epochs at which 'step' multiplies the rate by --gamma, e.g. 30,60.", rich_help_panel=PANEL_OPT)
+        str,
+        typer.Option(
+            help="Epochs at which 'step' multiplies the rate by --gamma, e.g. 30,60.",
+            rich_help_panel=PANEL_OPT,
+        ),
     ] = "",
-    gamma: Annotated[float, typer.Option(help="Rate multiplier at each milestone.", rich_help_panel=PANEL_OPT)] = 0.1,
+    gamma: Annotated[
+        float, typer.Option(help="Rate multiplier at each milestone.", rich_help_panel=PANEL_OPT)
+    ] = 0.1,
     warmup_epochs: Annotated[int, typer.Option(help="Linear warm-up epochs.", rich_help_panel=PANEL_OPT)] = 0,
     clip_grad: Annotated[
         float | None, typer.Option(help="Clip the gradient norm to this value.", rich_help_panel=PANEL_OPT)
     ] = None,
     select: Annotated[
-        str, typer.Option(help="Keep the 'best' epoch on the val split or the 'last'.", rich_help_panel=PANEL_OPT)
+        str,
+        typer.Option(help="Keep the 'best' epoch on the val split or the 'last'.", rich_help_panel=PANEL_OPT),
     ] = "best",
     split_ratio: SplitRatioOpt = "0.8,0.1,0.1",
     split_seed: SplitSeedOpt = 0,
@@ -88,20 +130,45 @@ def pretrain(
 
     dev = resolve_device(device)
     cfg = TrainConfig(
-        epochs=epochs, batch_size=bs, optimizer=optimizer, lr=lr, momentum=momentum, nesterov=nesterov,
-        weight_decay=weight_decay, schedule=schedule, milestones=mil, gamma=gamma, warmup_epochs=warmup_epochs,
-        select=select, clip_grad=clip_grad, seed=seed, precision=resolve_precision(precision, dev),
+        epochs=epochs,
+        batch_size=bs,
+        optimizer=optimizer,
+        lr=lr,
+        momentum=momentum,
+        nesterov=nesterov,
+        weight_decay=weight_decay,
+        schedule=schedule,
+        milestones=mil,
+        gamma=gamma,
+        warmup_epochs=warmup_epochs,
+        select=select,
+        clip_grad=clip_grad,
+        seed=seed,
+        precision=resolve_precision(precision, dev),
     )
     cfg.validate()
     table = read_tables(tables, columns=list(input))
     for n in table.notes:
         note(n, quiet)
     data = load_tensor_data(
-        table, list(dict.fromkeys(input)), dev, split_ratio=ratio, split_seed=split_seed, require_train_classes=True
+        table,
+        list(dict.fromkeys(input)),
+        dev,
+        split_ratio=ratio,
+        split_seed=split_seed,
+        require_train_classes=True,
     )
     model, result = run(
-        data, arch=arch, hidden=hidden_sizes, head_hidden=head_sizes, activation=activation, dropout=dropout,
-        batch_norm=batch_norm, role=role, config=cfg, quiet=quiet,
+        data,
+        arch=arch,
+        hidden=hidden_sizes,
+        head_hidden=head_sizes,
+        activation=activation,
+        dropout=dropout,
+        batch_norm=batch_norm,
+        role=role,
+        config=cfg,
+        quiet=quiet,
     )
     train_meta = {
         "command": command_line(),
@@ -121,7 +188,9 @@ def pretrain(
     write_history(output, result.history)
     key = "val/map" if data.task == "multilabel" else "val/accuracy"
     score = result.best_metrics.get(key)
-    summary = f"{key.split('/')[1]} {score:.4f} on val at epoch {result.best_epoch}" if score is not None else (
-        f"train loss {result.final_metrics.get('train/loss', float('nan')):.4f}"
+    summary = (
+        f"{key.split('/')[1]} {score:.4f} on val at epoch {result.best_epoch}"
+        if score is not None
+        else (f"train loss {result.final_metrics.get('train/loss', float('nan')):.4f}")
     )
     note(f"wrote {output} ({summary}) and {output}.history.jsonl", quiet)

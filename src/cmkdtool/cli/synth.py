@@ -18,9 +18,15 @@ OutOpt = Annotated[str, typer.Option("--output", "-o", help="Output Parquet file
 TrainOpt = Annotated[int, typer.Option("--train", help="Train rows.")]
 ValOpt = Annotated[int, typer.Option("--val", help="Validation rows.")]
 TestOpt = Annotated[int, typer.Option("--test", help="Test rows.")]
-TrainSeedOpt = Annotated[int | None, typer.Option("--train-seed", help="Seed of the train draws [default: from --seed].")]
-ValSeedOpt = Annotated[int | None, typer.Option("--val-seed", help="Seed of the val draws [default: from --seed].")]
-TestSeedOpt = Annotated[int | None, typer.Option("--test-seed", help="Seed of the test draws [default: from --seed].")]
+TrainSeedOpt = Annotated[
+    int | None, typer.Option("--train-seed", help="Seed of the train draws [default: from --seed].")
+]
+ValSeedOpt = Annotated[
+    int | None, typer.Option("--val-seed", help="Seed of the val draws [default: from --seed].")
+]
+TestSeedOpt = Annotated[
+    int | None, typer.Option("--test-seed", help="Seed of the test draws [default: from --seed].")
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No summary on stderr.")]
 
 
@@ -35,7 +41,9 @@ def _write(data, output: str, quiet: bool) -> None:
         "class_names": data.class_names,
         "synth": data.meta,
     }
-    table = build_table(data.ids, {"xa": data.xa, "xb": data.xb}, label=data.label, split=data.split, meta=meta)
+    table = build_table(
+        data.ids, {"xa": data.xa, "xb": data.xb}, label=data.label, split=data.split, meta=meta
+    )
     write_table(table, output)
     counts = {s: int((data.split == s).sum()) for s in ("train", "val", "test")}
     m = data.meta
@@ -66,9 +74,15 @@ def mfh(
         int | None,
         typer.Option("--overlap", help="|J1 ∩ J2| ('vary gamma' setting, Fig. 2); with --n-a/--n-b."),
     ] = None,
-    n_a: Annotated[int | None, typer.Option("--n-a", help="|J1|, decisive features in xa [default: d/2].")] = None,
-    n_b: Annotated[int | None, typer.Option("--n-b", help="|J2|, decisive features in xb [default: d/2].")] = None,
-    hyperplane: Annotated[str, typer.Option("--hyperplane", help="delta: randn (N(0, I)) or ones.")] = "randn",
+    n_a: Annotated[
+        int | None, typer.Option("--n-a", help="|J1|, decisive features in xa [default: d/2].")
+    ] = None,
+    n_b: Annotated[
+        int | None, typer.Option("--n-b", help="|J2|, decisive features in xb [default: d/2].")
+    ] = None,
+    hyperplane: Annotated[
+        str, typer.Option("--hyperplane", help="delta: randn (N(0, I)) or ones.")
+    ] = "randn",
     positions: Annotated[
         str, typer.Option("--positions", help="Channels holding x*: random (seeded) or first.")
     ] = "random",
@@ -91,9 +105,22 @@ def mfh(
     if gamma is None and overlap is None and n_a is None and n_b is None:
         gamma = 0.5
     data = synth_mfh(
-        dim_a=dim_a, dim_b=dim_b, decisive=decisive, gamma=gamma, overlap=overlap, n_a=n_a, n_b=n_b,
-        hyperplane=hyperplane, positions=positions, n_train=train, n_val=val, n_test=test, seed=seed,
-        train_seed=train_seed, val_seed=val_seed, test_seed=test_seed,
+        dim_a=dim_a,
+        dim_b=dim_b,
+        decisive=decisive,
+        gamma=gamma,
+        overlap=overlap,
+        n_a=n_a,
+        n_b=n_b,
+        hyperplane=hyperplane,
+        positions=positions,
+        n_train=train,
+        n_val=val,
+        n_test=test,
+        seed=seed,
+        train_seed=train_seed,
+        val_seed=val_seed,
+        test_seed=test_seed,
     )
     _write(data, output, quiet)
 
@@ -103,18 +130,28 @@ def mfh(
 def orthogonal(
     output: OutOpt,
     dim: Annotated[int, typer.Option("--dim", help="Channels D of each modality.")] = 64,
-    general: Annotated[int, typer.Option("--general", help="Shared modality-general channels D_g (the first D_g).")] = 16,
-    classes: Annotated[int, typer.Option("--classes", help="Number of classes (2: one hyperplane; K: argmax).")] = 2,
-    weight_general: Annotated[float, typer.Option("--weight-general", help="Label weight of the general part G.")] = 1.0,
+    general: Annotated[
+        int, typer.Option("--general", help="Shared modality-general channels D_g (the first D_g).")
+    ] = 16,
+    classes: Annotated[
+        int, typer.Option("--classes", help="Number of classes (2: one hyperplane; K: argmax).")
+    ] = 2,
+    weight_general: Annotated[
+        float, typer.Option("--weight-general", help="Label weight of the general part G.")
+    ] = 1.0,
     weight_specific_a: Annotated[
-        float, typer.Option("--weight-specific-a", help="Label weight of xa's specific part S' (teacher side).")
+        float,
+        typer.Option("--weight-specific-a", help="Label weight of xa's specific part S' (teacher side)."),
     ] = 1.0,
     weight_specific_b: Annotated[
-        float, typer.Option("--weight-specific-b", help="Label weight of xb's specific part S (student side).")
+        float,
+        typer.Option("--weight-specific-b", help="Label weight of xb's specific part S (student side)."),
     ] = 1.0,
     orthogonalize: Annotated[
         bool,
-        typer.Option("--orthogonalize/--no-orthogonalize", help="Gram-Schmidt per split (App. D.1); off = App. E.6."),
+        typer.Option(
+            "--orthogonalize/--no-orthogonalize", help="Gram-Schmidt per split (App. D.1); off = App. E.6."
+        ),
     ] = True,
     train: TrainOpt = 2000,
     val: ValOpt = 500,
@@ -133,9 +170,19 @@ def orthogonal(
     from cmkdtool.data.synth import synth_orthogonal
 
     data = synth_orthogonal(
-        dim=dim, general=general, num_classes=classes, weight_general=weight_general,
-        weight_specific_a=weight_specific_a, weight_specific_b=weight_specific_b, orthogonalize=orthogonalize,
-        n_train=train, n_val=val, n_test=test, seed=seed, train_seed=train_seed, val_seed=val_seed,
+        dim=dim,
+        general=general,
+        num_classes=classes,
+        weight_general=weight_general,
+        weight_specific_a=weight_specific_a,
+        weight_specific_b=weight_specific_b,
+        orthogonalize=orthogonalize,
+        n_train=train,
+        n_val=val,
+        n_test=test,
+        seed=seed,
+        train_seed=train_seed,
+        val_seed=val_seed,
         test_seed=test_seed,
     )
     _write(data, output, quiet)

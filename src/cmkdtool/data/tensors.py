@@ -49,7 +49,9 @@ class TensorData:
 def multi_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
     out = np.zeros((len(labels), num_classes), dtype=np.float32)
     rows = np.repeat(np.arange(len(labels)), [len(v) for v in labels])
-    cols = np.concatenate([np.asarray(v, dtype=np.int64) for v in labels]) if len(labels) else np.zeros(0, int)
+    cols = (
+        np.concatenate([np.asarray(v, dtype=np.int64) for v in labels]) if len(labels) else np.zeros(0, int)
+    )
     out[rows, cols] = 1.0
     return out
 
@@ -107,7 +109,9 @@ def load_tensor_data(
         if require_train_classes:
             train = labels[split == "train"]
             if len(train) == 0:
-                raise CmkdError(f"{name}: the train split is empty; add a 'split' column or check --split-ratio")
+                raise CmkdError(
+                    f"{name}: the train split is empty; add a 'split' column or check --split-ratio"
+                )
             seen = np.zeros(num_classes, bool)
             if task == "multiclass":
                 seen[train] = True

@@ -20,7 +20,9 @@ def resolve_device(spec: str = "auto") -> torch.device:
         raise CmkdError(f"unknown device '{spec}'; use auto, cpu, cuda or cuda:N") from e
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise CmkdError(f"device '{spec}' requested but CUDA is not available here; use --device cpu or auto")
+            raise CmkdError(
+                f"device '{spec}' requested but CUDA is not available here; use --device cpu or auto"
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise CmkdError(
                 f"device '{spec}' does not exist: {torch.cuda.device_count()} CUDA device(s) visible"

@@ -132,7 +132,10 @@ def seed_everything(seed: int) -> None:
 def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+            params,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov and cfg.momentum > 0,
             weight_decay=cfg.weight_decay,
         )
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -160,7 +163,12 @@ def lr_factor(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
 
 @torch.no_grad()
 def predict(
-    model: nn.Module, data: TensorData, index: Tensor, *, precision: str = "fp32", batch_size: int = 8192,
+    model: nn.Module,
+    data: TensorData,
+    index: Tensor,
+    *,
+    precision: str = "fp32",
+    batch_size: int = 8192,
     embeddings: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """Logits (float32) and optionally embeddings of rows ``index``, in eval mode, chunked."""
@@ -211,7 +219,9 @@ def selection_key(task: str | None) -> str:
     return "map" if task == "multilabel" else "accuracy"
 
 
-def fit(method: Method, data: TensorData, cfg: TrainConfig, *, quiet: bool = False, desc: str = "train") -> FitResult:
+def fit(
+    method: Method, data: TensorData, cfg: TrainConfig, *, quiet: bool = False, desc: str = "train"
+) -> FitResult:
     """Train ``method`` on the train split of ``data``; select on the val split; return the student's weights."""
     cfg.validate()
     device = data.device
@@ -221,7 +231,9 @@ def fit(method: Method, data: TensorData, cfg: TrainConfig, *, quiet: bool = Fal
     val_idx = data.index("val")
     n_train = len(train_idx)
     if n_train == 0:
-        raise CmkdError(f"{data.source}: the train split is empty; add a 'split' column or change --split-ratio")
+        raise CmkdError(
+            f"{data.source}: the train split is empty; add a 'split' column or change --split-ratio"
+        )
     select = cfg.select
     if select == "best" and len(val_idx) == 0:
         select = "last"
@@ -245,18 +257,29 @@ def fit(method: Method, data: TensorData, cfg: TrainConfig, *, quiet: bool = Fal
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(range(1, cfg.epochs + 1), desc=desc, unit="epoch", file=sys.stderr, disable=quiet, leave=False,
-               dynamic_ncols=True)
+    bar = tqdm(
+        range(1, cfg.epochs + 1),
+        desc=desc,
+        unit="epoch",
+        file=sys.stderr,
+        disable=quiet,
+        leave=False,
+        dynamic_ncols=True,
+    )
     for epoch in bar:
         t0 = time.perf_counter()
         method.train()
         method.on_epoch_start(epoch)
         perm = train_idx[torch.randperm(n_train, generator=gen).to(device)] if bs < n_train else train_idx
+        lr_now = opt.param_groups[0]["lr"]  # the rate this epoch starts with
         sums: dict[str, Tensor] = {}
         for s in range(steps):
             idx = perm[s * bs : (s + 1) * bs]
-            batch = Batch({k: v[idx] for k, v in data.inputs.items()},
-                          None if data.target is None else data.target[idx], idx)
+            batch = Batch(
+                {k: v[idx] for k, v in data.inputs.items()},
+                None if data.target is None else data.target[idx],
+                idx,
+            )
             with autocast(cfg.precision, device):
                 terms = method.training_step(batch)
                 loss = sum(method.loss_weights.get(k, 1.0) * v for k, v in terms.items())
@@ -278,7 +301,7 @@ def fit(method: Method, data: TensorData, cfg: TrainConfig, *, quiet: bool = Fal
             for k, v in (("loss", loss), *terms.items()):
                 d = v.detach().float() * w
                 sums[k] = sums[k] + d if k in sums else d
-        row: dict = {"epoch": epoch, "lr": opt.param_groups[0]["lr"]}
+        row: dict = {"epoch": epoch, "lr": lr_now}
         row.update({f"train/{k}": float(v) / n_train for k, v in sums.items()})
         if len(val_idx):
             vm = val_metrics(student, data, val_idx, cfg.precision, cfg.eval_batch_size)

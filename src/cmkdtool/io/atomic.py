@@ -1,15 +1,32 @@
 """Atomic output: write to a temporary file in the destination folder, then rename into place.
 
-An interrupted command never leaves a truncated file and never damages an existing one.
+An interrupted command never leaves a truncated file and never damages an existing one. The result has the
+permissions a plain ``open(path, "w")`` would give it: those of the file it replaces, else 0o666 minus umask
+(``tempfile.mkstemp`` alone would leave every output readable by its owner only).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
+import stat
 from collections.abc import Iterator
 from pathlib import Path
+
+
+def _create_temp(folder: Path, name: str) -> Path:
+    """A new empty file beside the destination, created with mode 0o666 so that the umask applies."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = folder / f".{name}.{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(tmp, flags, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"could not create a temporary file in {folder}")
 
 
 @contextlib.contextmanager
@@ -18,11 +35,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     dest = Path(path)
     folder = dest.parent if str(dest.parent) else Path(".")
     folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _create_temp(folder, dest.name)
     try:
         yield tmp_path
+        with contextlib.suppress(OSError):  # keep the mode of a file being replaced
+            os.chmod(tmp_path, stat.S_IMODE(os.stat(dest).st_mode))
         os.replace(tmp_path, dest)
     except BaseException:
         tmp_path.unlink(missing_ok=True)

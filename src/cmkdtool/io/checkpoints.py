@@ -23,7 +23,9 @@ TRAIN_KEY = "cmkdtool.train"
 VERSION_KEY = "cmkdtool.version"
 
 
-def save_checkpoint(path: str | os.PathLike, state_dict: dict, model_spec: dict, train_meta: dict | None = None) -> None:
+def save_checkpoint(
+    path: str | os.PathLike, state_dict: dict, model_spec: dict, train_meta: dict | None = None
+) -> None:
     """Write ``state_dict`` with the model spec and training record as safetensors metadata, atomically."""
     from safetensors.torch import save_file
 
@@ -52,8 +54,8 @@ def read_metadata(path: str | os.PathLike) -> tuple[dict, dict]:
             meta = f.metadata() or {}
     except Exception as e:  # safetensors raises its own error types for foreign and truncated files
         raise CmkdError(
-            f"{path}: not a readable safetensors file ({str(e).splitlines()[0]}); give a checkpoint written by "
-            "cmkdtool pretrain/distill"
+            f"{path}: not a readable safetensors file ({str(e).splitlines()[0]}); give a checkpoint written "
+            "by cmkdtool pretrain/distill"
         ) from e
     if meta.get(FORMAT_KEY) != FORMAT:
         raise CmkdError(
@@ -61,9 +63,12 @@ def read_metadata(path: str | os.PathLike) -> tuple[dict, dict]:
             f"{meta.get(FORMAT_KEY)!r}); give a checkpoint written by cmkdtool"
         )
     try:
-        return json.loads(meta[MODEL_KEY]), json.loads(meta.get(TRAIN_KEY, "{}"))
+        spec, train = json.loads(meta[MODEL_KEY]), json.loads(meta.get(TRAIN_KEY, "{}"))
     except (KeyError, ValueError) as e:
         raise CmkdError(f"{path}: damaged cmkdtool metadata ({e}); re-create the checkpoint") from e
+    if not isinstance(spec, dict) or not isinstance(train, dict):
+        raise CmkdError(f"{path}: damaged cmkdtool metadata (not JSON objects); re-create the checkpoint")
+    return spec, train
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict, dict]:
@@ -83,8 +88,19 @@ def load_model(path: str | os.PathLike, device: str = "cpu"):
     from cmkdtool.nn.models import build_model
 
     tensors, spec, _ = read_checkpoint(path)
-    model = build_model(spec)
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    try:
+        model = build_model(spec)
+    except CmkdError as e:
+        raise CmkdError(f"{path}: its model spec cannot be built ({e}); re-create the checkpoint") from e
+    except (KeyError, TypeError, ValueError) as e:
+        raise CmkdError(f"{path}: damaged model spec in its metadata ({e!r}); re-create it") from e
+    try:
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+    except RuntimeError as e:  # a tensor of the wrong shape
+        first = str(e).strip().splitlines()[-1].strip()
+        raise CmkdError(
+            f"{path}: tensors do not match the model its metadata describes ({first}); re-create it"
+        ) from e
     if missing or unexpected:
         raise CmkdError(
             f"{path}: tensors do not match the model its metadata describes "

@@ -2,8 +2,8 @@
 
 A feature table has an ``id`` string column (unique, non-null), optionally ``label`` (int64) or ``labels``
 (list<int64>, multi-label), optionally ``split`` (train/val/test), and one column per modality stored as
-``fixed_size_list<float32>[D]`` (row-major flattened; field metadata ``shape`` gives the sample shape when it is
-not a vector). Schema metadata key ``cmkdtool`` holds JSON provenance.
+``fixed_size_list<float32>[D]`` (row-major flattened; field metadata ``shape`` gives the sample shape when it
+is not a vector). Schema metadata key ``cmkdtool`` holds JSON provenance.
 
 Several tables join on ``id`` (inner join, in the order of the first table). ``-`` reads or writes an Arrow
 IPC stream on stdin/stdout, since Parquet cannot be streamed through a pipe.
@@ -46,6 +46,8 @@ class FeatureTable:
     sources: list[str] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: every field of the files read (also those not loaded), for hints about missing or misspelled columns
+    available: list[pa.Field] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -61,19 +63,13 @@ class FeatureTable:
 
     def modality_columns(self) -> list[str]:
         """Columns holding features (every list-of-float column that is not reserved)."""
-        out = []
-        for f in self.table.schema:
-            if f.name in RESERVED:
-                continue
-            if pa.types.is_fixed_size_list(f.type) or pa.types.is_list(f.type) or pa.types.is_large_list(f.type):
-                if pa.types.is_floating(f.type.value_type):
-                    out.append(f.name)
-        return out
+        return _feature_names(self.table.schema)
 
     def require(self, column: str, what: str = "column") -> None:
         if column not in self.table.column_names:
-            have = ", ".join(self.modality_columns()) or "none"
-            hint = _closest(column, self.table.column_names)
+            fields = _union_fields([*self.table.schema, *self.available])
+            have = ", ".join(_feature_names(fields)) or "none"
+            hint = _closest(column, [f.name for f in fields])
             raise CmkdError(
                 f"{self.name}: no {what} '{column}'"
                 + (f" (did you mean '{hint}'?)" if hint else "")
@@ -95,7 +91,8 @@ class FeatureTable:
                 raise CmkdError(f"{self.name}: column '{column}' has unreadable shape metadata: {e}") from e
             if int(np.prod(shape)) != dim:
                 raise CmkdError(
-                    f"{self.name}: column '{column}' shape metadata {list(shape)} does not match its width {dim}"
+                    f"{self.name}: column '{column}' shape metadata {list(shape)} does not match its "
+                    f"width {dim}"
                 )
             return shape
         return (dim,)
@@ -107,7 +104,9 @@ class FeatureTable:
         col = self.table.column(column)
         dim = _column_dim(col, f, self.name)
         if col.null_count:
-            raise CmkdError(f"{self.name}: column '{column}' has {col.null_count} null rows; drop or fill them")
+            raise CmkdError(
+                f"{self.name}: column '{column}' has {col.null_count} null rows; drop or fill them"
+            )
         chunks = col.chunks
         if len(chunks) == 1:
             values = chunks[0].flatten()
@@ -123,7 +122,8 @@ class FeatureTable:
             bad = ~np.isfinite(arr)
             if bad.any():
                 rows = np.nonzero(bad.any(axis=1))[0]
-                first = self.table.column("id")[int(rows[0])].as_py() if "id" in self.column_names else rows[0]
+                has_id = "id" in self.column_names
+                first = self.table.column("id")[int(rows[0])].as_py() if has_id else rows[0]
                 raise CmkdError(
                     f"{self.name}: column '{column}' has {int(bad.sum())} NaN/inf values in {len(rows)} rows "
                     f"(first at id '{first}'); clean or impute them before using this table"
@@ -138,7 +138,9 @@ class FeatureTable:
             return "multiclass"
         if "labels" in self.column_names:
             return "multilabel"
-        raise CmkdError(f"{self.name}: no 'label' (int) or 'labels' (list<int>) column; this command needs labels")
+        raise CmkdError(
+            f"{self.name}: no 'label' (int) or 'labels' (list<int>) column; this command needs labels"
+        )
 
     def class_names(self) -> list[str] | None:
         names = self.meta.get("class_names")
@@ -149,7 +151,9 @@ class FeatureTable:
         if self.task() == "multiclass":
             col = self.table.column("label")
             if not pa.types.is_integer(col.type):
-                raise CmkdError(f"{self.name}: column 'label' must be integer class indices, found {col.type}")
+                raise CmkdError(
+                    f"{self.name}: column 'label' must be integer class indices, found {col.type}"
+                )
             if col.null_count:
                 raise CmkdError(f"{self.name}: column 'label' has {col.null_count} null rows; drop them")
             return col.to_numpy().astype(np.int64)
@@ -157,7 +161,9 @@ class FeatureTable:
         if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)) or not pa.types.is_integer(
             col.type.value_type
         ):
-            raise CmkdError(f"{self.name}: column 'labels' must be list<int64> of class indices, found {col.type}")
+            raise CmkdError(
+                f"{self.name}: column 'labels' must be list<int64> of class indices, found {col.type}"
+            )
         if col.null_count:
             raise CmkdError(f"{self.name}: column 'labels' has {col.null_count} null rows; use [] for none")
         return np.asarray([np.asarray(v, dtype=np.int64) for v in col.to_pylist()], dtype=object)
@@ -167,7 +173,9 @@ class FeatureTable:
         if "split" in self.column_names:
             col = self.table.column("split")
             if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
-                raise CmkdError(f"{self.name}: column 'split' must be strings (train/val/test), found {col.type}")
+                raise CmkdError(
+                    f"{self.name}: column 'split' must be strings (train/val/test), found {col.type}"
+                )
             values = np.asarray(col.to_pylist(), dtype=object)
             bad = sorted({str(v) for v in values if v not in SPLITS})
             if bad:
@@ -178,19 +186,35 @@ class FeatureTable:
         return hash_split(self.ids(), ratio, seed)
 
 
+def _feature_names(fields: Iterable[pa.Field]) -> list[str]:
+    out = []
+    for f in fields:
+        if f.name in RESERVED:
+            continue
+        if pa.types.is_fixed_size_list(f.type) or pa.types.is_list(f.type) or pa.types.is_large_list(f.type):
+            if pa.types.is_floating(f.type.value_type):
+                out.append(f.name)
+    return out
+
+
+def _union_fields(fields: Iterable[pa.Field]) -> list[pa.Field]:
+    seen: dict[str, pa.Field] = {}
+    for f in fields:
+        seen.setdefault(f.name, f)
+    return list(seen.values())
+
+
 def hash_split(ids: Iterable[str], ratio: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0) -> np.ndarray:
     """Assign train/val/test by hashing ``f"{seed}:{id}"``: stable across row order, joins and machines."""
     r = np.asarray(ratio, dtype=np.float64)
     if r.shape != (3,) or (r < 0).any() or r.sum() <= 0:
         raise CmkdError(f"split ratio must be three non-negative numbers train,val,test; got {list(ratio)}")
     edges = np.cumsum(r / r.sum())
-    u = np.fromiter(
-        (
-            int.from_bytes(hashlib.blake2b(f"{seed}:{i}".encode(), digest_size=8).digest(), "little") / 2.0**64
-            for i in ids
-        ),
-        dtype=np.float64,
-    )
+    def unit(i: object) -> float:
+        digest = hashlib.blake2b(f"{seed}:{i}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "little") / 2.0**64
+
+    u = np.fromiter((unit(i) for i in ids), dtype=np.float64)
     which = np.searchsorted(edges, u, side="right").clip(0, 2)
     return np.asarray(SPLITS, dtype=object)[which]
 
@@ -213,8 +237,7 @@ def _column_dim(col: pa.ChunkedArray, f: pa.Field, name: str) -> int:
             raise CmkdError(f"{name}: column '{f.name}' holds {t.value_type}, expected float32 features")
         lengths = set()
         for c in col.chunks:
-            lengths.update(np.unique(c.value_lengths().to_numpy(zero_copy_only=False)).tolist())
-        lengths.discard(None)
+            lengths.update(np.unique(c.value_lengths().drop_null().to_numpy(zero_copy_only=False)).tolist())
         if len(lengths) > 1:
             raise CmkdError(
                 f"{name}: column '{f.name}' has rows of different lengths {sorted(lengths)[:4]}; "
@@ -227,16 +250,22 @@ def _column_dim(col: pa.ChunkedArray, f: pa.Field, name: str) -> int:
 # ----------------------------------------------------------------------------------------------- reading
 
 
-def _read_one(path: str, columns: Sequence[str] | None) -> pa.Table:
+def _read_one(path: str, columns: Sequence[str] | None) -> tuple[pa.Table, pa.Schema]:
+    """The table (only ``columns`` when given) and the full schema of the file."""
     if str(path) == "-":
         if sys.stdin.isatty():
-            raise CmkdError("'-' reads an Arrow IPC stream from stdin, but stdin is a terminal; pipe a table in")
+            raise CmkdError(
+                "'-' reads an Arrow IPC stream from stdin, but stdin is a terminal; pipe a table in"
+            )
         try:
             reader = ipc.open_stream(sys.stdin.buffer)
             table = reader.read_all()
         except pa.ArrowInvalid as e:
-            raise CmkdError(f"<stdin>: not an Arrow IPC stream ({e}); pipe the output of a cmkdtool command") from e
-        return table.select([c for c in columns if c in table.column_names]) if columns else table
+            raise CmkdError(
+                f"<stdin>: not an Arrow IPC stream ({e}); pipe the output of a cmkdtool command"
+            ) from e
+        schema = table.schema
+        return (table.select([c for c in columns if c in table.column_names]) if columns else table), schema
     p = Path(path)
     if not p.exists():
         raise CmkdError(f"{path}: no such file")
@@ -244,13 +273,13 @@ def _read_one(path: str, columns: Sequence[str] | None) -> pa.Table:
         raise CmkdError(f"{path}: is a folder, expected a Parquet feature table")
     try:
         pf = pq.ParquetFile(p)
-        names = pf.schema_arrow.names
-        sel = None if columns is None else [c for c in names if c in set(columns)]
-        return pf.read(columns=sel)
+        schema = pf.schema_arrow
+        sel = None if columns is None else [c for c in schema.names if c in set(columns)]
+        return pf.read(columns=sel), schema
     except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as e:
         raise CmkdError(
-            f"{path}: not a readable Parquet file ({str(e).splitlines()[0]}); give a table written by cmkdtool "
-            "or by pyarrow as docs/formats.md describes"
+            f"{path}: not a readable Parquet file ({str(e).splitlines()[0]}); give a table written by "
+            "cmkdtool or by pyarrow as docs/formats.md describes"
         ) from e
 
 
@@ -278,7 +307,8 @@ def _check_ids(table: pa.Table, name: str) -> None:
         counts = pa.compute.value_counts(col)
         dup = next(v["values"].as_py() for v in counts if v["counts"].as_py() > 1)
         raise CmkdError(
-            f"{name}: {table.num_rows - n_unique} duplicate ids (e.g. '{dup}'); ids must be unique within a table"
+            f"{name}: {table.num_rows - n_unique} duplicate ids (e.g. '{dup}'); ids must be unique within "
+            "a table"
         )
 
 
@@ -286,8 +316,8 @@ def read_tables(paths: Sequence[str], columns: Sequence[str] | None = None) -> F
     """Read one or more feature tables and inner-join them on ``id``.
 
     ``columns`` limits what is read (``id``, ``label``, ``labels``, ``split`` are always read when present).
-    Columns that appear in several tables: ``label``/``labels``/``split`` must agree; a feature column may live
-    in one table only. Rows missing from any table are dropped and the count is recorded in ``notes``.
+    Columns that appear in several tables: ``label``/``labels``/``split`` must agree; a feature column may
+    live in one table only. Rows missing from any table are dropped and the count is recorded in ``notes``.
     """
     if not paths:
         raise CmkdError("no feature table given")
@@ -298,9 +328,11 @@ def read_tables(paths: Sequence[str], columns: Sequence[str] | None = None) -> F
     meta: dict = {}
     notes: list[str] = []
     owner: dict[str, str] = {}
+    available: list[pa.Field] = []
     for path in paths:
         name = _display(path)
-        t = _read_one(path, want)
+        t, schema = _read_one(path, want)
+        available.extend(schema)
         _check_ids(t, name)
         m = _meta_of(t)
         if not meta or (m.get("class_names") and not meta.get("class_names")):
@@ -311,7 +343,7 @@ def read_tables(paths: Sequence[str], columns: Sequence[str] | None = None) -> F
             continue
         merged = _join(merged, t, owner, name, notes)
     assert merged is not None
-    ft = FeatureTable(merged, [_display(p) for p in paths], meta, notes)
+    ft = FeatureTable(merged, [_display(p) for p in paths], meta, notes, _union_fields(available))
     if columns is not None:
         for c in columns:
             ft.require(c)
@@ -330,7 +362,8 @@ def _join(left: pa.Table, right: pa.Table, owner: dict[str, str], rname: str, no
     if dropped_left or dropped_right:
         notes.append(
             f"join on id with {rname}: kept {len(lrows)} rows; dropped {dropped_left} rows with no match in "
-            f"{rname} and {dropped_right} rows of {rname} with no match in {', '.join(sorted(set(owner.values())))}"
+            f"{rname} and {dropped_right} rows of {rname} with no match in "
+            f"{', '.join(sorted(set(owner.values())))}"
         )
     if len(lrows) == 0:
         raise CmkdError(
@@ -346,7 +379,8 @@ def _join(left: pa.Table, right: pa.Table, owner: dict[str, str], rname: str, no
             if c in RESERVED:
                 if not left.column(c).equals(right.column(c)):
                     raise CmkdError(
-                        f"{rname}: column '{c}' disagrees with {owner[c]} on the same ids; keep it in one table"
+                        f"{rname}: column '{c}' disagrees with {owner[c]} on the same ids; keep it in one "
+                        "table"
                     )
                 continue
             raise CmkdError(f"column '{c}' is in both {owner[c]} and {rname}; rename one of them")
@@ -359,7 +393,7 @@ def _join(left: pa.Table, right: pa.Table, owner: dict[str, str], rname: str, no
 
 
 def feature_field(name: str, shape: Sequence[int]) -> pa.Field:
-    """A modality column's field: fixed_size_list<float32>[prod(shape)], with ``shape`` metadata if not 1-D."""
+    """A modality column's field: fixed_size_list<float32>[prod(shape)], ``shape`` metadata if not 1-D."""
     dim = int(np.prod(shape)) if len(shape) else 1
     meta = {b"shape": json.dumps([int(s) for s in shape]).encode()} if len(shape) != 1 else None
     return pa.field(name, pa.list_(pa.float32(), dim), nullable=False, metadata=meta)
@@ -383,7 +417,7 @@ def build_table(
     shapes: dict[str, Sequence[int]] | None = None,
     meta: dict | None = None,
 ) -> pa.Table:
-    """Assemble a feature table in cmkdtool's layout. ``features[name]`` is (N, ...) and keeps its sample shape."""
+    """A feature table in cmkdtool's layout; ``features[name]`` is (N, ...) and keeps its sample shape."""
     shapes = dict(shapes or {})
     fields = [pa.field("id", pa.string(), nullable=False)]
     arrays: list[pa.Array] = [pa.array([str(i) for i in ids], pa.string())]
@@ -406,7 +440,7 @@ def build_table(
 
 
 def write_table(table: pa.Table, path: str | os.PathLike, row_group_size: int = ROW_GROUP_SIZE) -> None:
-    """Write a table: Parquet (zstd, row groups, atomic rename) or, for ``-``, an Arrow IPC stream on stdout."""
+    """Write a table as Parquet (zstd, row groups, atomic rename) or, for ``-``, an Arrow stream on stdout."""
     if str(path) == "-":
         if sys.stdout.isatty():
             raise CmkdError("refusing to write a binary table to a terminal; redirect stdout or give -o FILE")
@@ -418,8 +452,9 @@ def write_table(table: pa.Table, path: str | os.PathLike, row_group_size: int = 
         return
     with atomic_path(path) as tmp:
         with pq.ParquetWriter(tmp, table.schema, compression="zstd") as w:
-            for batch in table.to_batches(max_chunksize=row_group_size):
-                w.write_batch(batch, row_group_size=row_group_size)
+            # write_table cuts row groups of row_group_size rows across chunks (write_batch per chunk would
+            # make one row group per chunk: thousands of tiny ones for a table assembled from small batches)
+            w.write_table(table, row_group_size=row_group_size)
 
 
 def file_sha256(path: str | os.PathLike) -> str | None:

@@ -68,7 +68,9 @@ def _validate(spec: dict) -> None:
     if spec.get("arch") not in ARCHS:
         raise CmkdError(f"unknown architecture {spec.get('arch')!r}; choose one of {', '.join(ARCHS)}")
     if spec.get("activation", "relu") not in ACTIVATIONS:
-        raise CmkdError(f"unknown activation {spec.get('activation')!r}; choose one of {', '.join(ACTIVATIONS)}")
+        raise CmkdError(
+            f"unknown activation {spec.get('activation')!r}; choose one of {', '.join(ACTIVATIONS)}"
+        )
     if spec["arch"] == "linear" and spec.get("hidden"):
         raise CmkdError("architecture 'linear' has no hidden layers; drop --hidden or use --arch mlp")
     if spec["arch"] == "mlp" and not spec.get("hidden"):
@@ -77,7 +79,9 @@ def _validate(spec: dict) -> None:
         raise CmkdError("a model needs at least one --input column")
     for i in spec["inputs"]:
         if "." in i["name"] or not i["name"]:
-            raise CmkdError(f"input column name {i['name']!r} cannot be used as a layer name; rename the column")
+            raise CmkdError(
+                f"input column name {i['name']!r} cannot be used as a layer name; rename the column"
+            )
     if int(spec.get("num_classes", 0)) < 1:
         raise CmkdError("a model needs at least one class")
 
@@ -89,7 +93,11 @@ class CmkdModel(nn.Module):
         super().__init__()
         _validate(spec)
         self.spec = spec
-        act, drop, bn = spec.get("activation", "relu"), float(spec.get("dropout", 0.0)), bool(spec.get("batch_norm"))
+        act, drop, bn = (
+            spec.get("activation", "relu"),
+            float(spec.get("dropout", 0.0)),
+            bool(spec.get("batch_norm")),
+        )
         self.input_names = [i["name"] for i in spec["inputs"]]
         self.input_dims = {i["name"]: int(math.prod(i["shape"])) for i in spec["inputs"]}
         self.norm = nn.ModuleDict({n: Standardize(d) for n, d in self.input_dims.items()})

@@ -1,0 +1,80 @@
+"""CLI conventions: fast help without torch, completion scripts current, examples run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_help_imports_no_torch_or_pyarrow():
+    code = (
+        "import sys\nfrom cmkdtool.cli.app import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'pyarrow', 'numpy', 'safetensors') if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "HEAVY []" in out
+    assert "pretrain" in out and "synth" in out and "eval" in out
+
+
+def test_subcommand_help_imports_no_torch():
+    code = (
+        "import sys\nfrom cmkdtool.cli.app import main\n"
+        "try:\n    main(['pretrain', '--help'])\nexcept SystemExit:\n    pass\n"
+        "print('TORCH', 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "TORCH False" in out and "--input" in out and "--batch-size" in out
+
+
+def test_completion_scripts_are_current():
+    from cmkdtool.cli.completions import render_all
+
+    for name, text in render_all().items():
+        path = ROOT / "completions" / name
+        assert path.exists() and path.read_text() == text, f"{path} is stale: run `make completions`"
+
+
+def test_bash_completion_completes_commands_and_options():
+    script = ROOT / "completions" / "cmkdtool.bash"
+    out = subprocess.run(
+        [
+            "bash",
+            "-c",
+            f"source {script}; COMP_WORDS=(cmkdtool synth o); COMP_CWORD=2; _cmkdtool; "
+            "echo ${COMPREPLY[@]}; COMP_WORDS=(cmkdtool pretrain --inp); COMP_CWORD=2; _cmkdtool; echo ${COMPREPLY[@]}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert out[0].split()[0] == "orthogonal" and out[1] == "--input"
+
+
+def test_python_dash_m_and_version():
+    out = subprocess.run(
+        [sys.executable, "-m", "cmkdtool", "--version"], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.startswith("cmkdtool ")
+
+
+def test_quickstart_example_runs(tmp_path):
+    env = {**os.environ, "OUT": str(tmp_path), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    res = subprocess.run(
+        ["bash", str(ROOT / "examples" / "quickstart.sh")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "== teacher ==" in res.stdout and "accuracy" in res.stdout
+    import json
+
+    metrics = json.loads((tmp_path / "baseline.metrics.json").read_text())
+    assert 0.55 < metrics["accuracy"] < 0.8
