@@ -34,9 +34,18 @@ def evaluate(
 ) -> tuple[dict, np.ndarray, np.ndarray]:
     """Metrics of ``model`` on ``split`` and the (logits, row indices) they came from.
 
+    Raises CmkdError (naming the table) where the metrics cannot be computed from these rows.
+
     Retrieval: the ``split`` rows are queries, the ``gallery_split`` rows the gallery, ranked by cosine
     similarity of the model's embedding (the input of its head); R@k as in the AMID paper.
     """
+    try:
+        return _evaluate(model, data, split, topk, retrieval, gallery_split, ks, precision)
+    except ValueError as e:
+        raise CmkdError(f"{data.source}: cannot evaluate the '{split}' split: {e}") from e
+
+
+def _evaluate(model, data, split, topk, retrieval, gallery_split, ks, precision):
     if split not in SPLIT_CHOICES:
         raise CmkdError(f"unknown split '{split}'; choose one of {', '.join(SPLIT_CHOICES)}")
     idx = _rows(data, split)

@@ -310,7 +310,7 @@ def fit(
                 raise CmkdError(
                     f"training diverged at epoch {epoch} (loss {row['train/loss']}); lower --lr or clip gradients"
                 )
-            score = vm[key]
+            score = vm[key] if math.isfinite(vm[key]) else -math.inf  # mAP is NaN without positives
             if select == "best" and (score > best_score or (score == best_score and vm["loss"] < best_loss)):
                 best_score, best_loss, best_epoch = score, vm["loss"], epoch
                 best_state = copy.deepcopy(student.state_dict())
