@@ -22,7 +22,7 @@ demo: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/quickstart.sh
 
 lint: venv
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests $(wildcard benchmarks examples)
 
 test: lint
 	$(BIN)/python -m pytest
