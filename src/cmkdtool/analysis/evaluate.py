@@ -10,7 +10,7 @@ import torch
 from cmkdtool.analysis.metrics import classification_metrics, multilabel_metrics, retrieval_recall
 from cmkdtool.data.tensors import TensorData
 from cmkdtool.engine.loop import predict
-from cmkdtool.errors import CmkdError
+from cmkdtool.errors import CmkdError, CmkdUsageError
 
 SPLIT_CHOICES = ("train", "val", "test", "all")
 
@@ -47,7 +47,7 @@ def evaluate(
 
 def _evaluate(model, data, split, topk, retrieval, gallery_split, ks, precision):
     if split not in SPLIT_CHOICES:
-        raise CmkdError(f"unknown split '{split}'; choose one of {', '.join(SPLIT_CHOICES)}")
+        raise CmkdUsageError(f"unknown split '{split}'; choose one of {', '.join(SPLIT_CHOICES)}")
     idx = _rows(data, split)
     if len(idx) == 0:
         raise CmkdError(f"{data.source}: no rows in the '{split}' split; choose another --split")
@@ -58,7 +58,7 @@ def _evaluate(model, data, split, topk, retrieval, gallery_split, ks, precision)
         metrics = multilabel_metrics(data.target[idx].cpu().numpy(), scores)
     else:
         metrics = classification_metrics(data.labels[rows], scores, num_classes=data.num_classes, topk=topk)
-    if retrieval and gallery_split != split:
+    if retrieval and gallery_split != split and "all" not in (split, gallery_split):  # disjoint sets only
         gidx = _rows(data, gallery_split)
         if len(gidx):
             _, gemb = predict(model, data, gidx, precision=precision, embeddings=True)

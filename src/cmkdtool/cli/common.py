@@ -19,14 +19,10 @@ DeviceOpt = Annotated[
         help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N. A device that is missing is an error.",
     ),
 ]
-SeedOpt = Annotated[
-    int, typer.Option("--seed", envvar="CMKDTOOL_SEED", help="Random seed (initialisation, batches).")
-]
+SeedOpt = Annotated[int, typer.Option("--seed", envvar="CMKDTOOL_SEED", help="Random seed (initialisation, batches).")]
 PrecisionOpt = Annotated[
     str,
-    typer.Option(
-        "--precision", help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32, bf16 or fp16 (CUDA only)."
-    ),
+    typer.Option("--precision", help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32, bf16 or fp16 (CUDA only)."),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or notes on stderr.")]
 SplitRatioOpt = Annotated[
@@ -37,9 +33,7 @@ SplitRatioOpt = Annotated[
         "hashing their id with --split-seed, so every command agrees).",
     ),
 ]
-SplitSeedOpt = Annotated[
-    int, typer.Option("--split-seed", help="Seed of the id-hash split (see --split-ratio).")
-]
+SplitSeedOpt = Annotated[int, typer.Option("--split-seed", help="Seed of the id-hash split (see --split-ratio).")]
 
 
 def note(msg: str, quiet: bool = False) -> None:
@@ -84,9 +78,11 @@ def parse_batch_size(text: str) -> int | None:
     return v
 
 
-def check_output(path: str, *inputs: str) -> None:
-    """Refuse to overwrite an input with an output (it would be read and written at once)."""
+def check_output(path: str, *inputs: str, stream_ok: bool = False) -> None:
+    """Refuse to overwrite an input with an output, a folder as output, and '-' where no stream is possible."""
     if path == "-":
+        if not stream_ok:
+            raise CmkdUsageError("this output cannot go to stdout ('-'); give a file name")
         return
     out = os.path.realpath(path)
     for p in inputs:

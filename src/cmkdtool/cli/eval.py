@@ -15,10 +15,12 @@ from cmkdtool.cli.common import (
     PrecisionOpt,
     QuietOpt,
     SplitSeedOpt,
+    check_output,
     note,
     parse_floats,
     parse_ints,
 )
+from cmkdtool.errors import CmkdUsageError
 
 FORMATS = ("table", "json", "jsonl", "csv")
 ORDER = [
@@ -42,7 +44,15 @@ ORDER = [
 ]
 
 
+def _json_safe(v):
+    """NaN/inf (e.g. mAP with no positive) -> null, so the output stays valid JSON."""
+    if isinstance(v, float) and v != v or v in (float("inf"), float("-inf")):
+        return None
+    return v
+
+
 def _render(result: dict, fmt: str) -> str:
+    result = {k: _json_safe(v) for k, v in result.items()}
     flat = {k: v for k, v in result.items() if k != "confusion"}
     if fmt == "json":
         return json.dumps(result, indent=2) + "\n"
@@ -70,13 +80,9 @@ def _render(result: dict, fmt: str) -> str:
 
 def evaluate(
     checkpoint: Annotated[str, typer.Argument(help="Checkpoint (.safetensors) written by cmkdtool.")],
-    tables: Annotated[
-        list[str], typer.Argument(help="Feature table(s) with the model's input columns and labels.")
-    ],
+    tables: Annotated[list[str], typer.Argument(help="Feature table(s) with the model's input columns and labels.")],
     split: Annotated[str, typer.Option(help="Split to evaluate: train, val, test or all.")] = "test",
-    format: Annotated[
-        str, typer.Option("--format", "-f", help="table (for people), json, jsonl or csv.")
-    ] = "table",
+    format: Annotated[str, typer.Option("--format", "-f", help="table (for people), json, jsonl or csv.")] = "table",
     predictions: Annotated[
         str | None,
         typer.Option(help="Also write per-row predictions (id, label, prediction, scores) to this Parquet."),
@@ -89,13 +95,11 @@ def evaluate(
     gallery: Annotated[str, typer.Option(help="Gallery split for retrieval.")] = "train",
     split_ratio: Annotated[
         str | None,
-        typer.Option(
-            help="train,val,test fractions for tables without a 'split' column [default: the checkpoint's]."
-        ),
+        typer.Option(help="train,val,test fractions for tables without a 'split' column [default: the checkpoint's]."),
     ] = None,
     split_seed: SplitSeedOpt = None,
     device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "fp32",
+    precision: PrecisionOpt = "auto",
     quiet: QuietOpt = False,
 ) -> None:
     """Evaluate CHECKPOINT on a split of TABLES and print its metrics to stdout.
@@ -105,10 +109,12 @@ def evaluate(
     (queries) against gallery rows by cosine similarity of the model's embedding.
     """
     if format not in FORMATS:
-        from cmkdtool.errors import CmkdUsageError
-
         raise CmkdUsageError(f"unknown --format '{format}'; choose one of {', '.join(FORMATS)}")
     ks = parse_ints(topk, "--topk")
+    if predictions:
+        if predictions == "-":
+            raise CmkdUsageError("--predictions - would mix a binary table into the metrics on stdout; give a file")
+        check_output(predictions, checkpoint, *tables)
 
     from cmkdtool.analysis.evaluate import evaluate as run
     from cmkdtool.data.tensors import load_tensor_data
@@ -118,11 +124,7 @@ def evaluate(
     from cmkdtool.io.tables import read_tables
 
     spec, train = read_metadata(checkpoint)
-    ratio = (
-        parse_floats(split_ratio, "--split-ratio", 3)
-        if split_ratio
-        else train.get("split_ratio", [0.8, 0.1, 0.1])
-    )
+    ratio = parse_floats(split_ratio, "--split-ratio", 3) if split_ratio else train.get("split_ratio", [0.8, 0.1, 0.1])
     sseed = split_seed if split_seed is not None else int(train.get("split_seed", 0))
     dev = resolve_device(device)
     model = load_model(checkpoint, dev)

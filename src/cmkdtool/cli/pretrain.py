@@ -24,14 +24,10 @@ from cmkdtool.cli.common import (
 PANEL_MODEL = "Model"
 PANEL_OPT = "Optimisation"
 
-TablesArg = Annotated[
-    list[str], typer.Argument(help="Feature table(s), joined on id ('-': Arrow stream on stdin).")
-]
+TablesArg = Annotated[list[str], typer.Argument(help="Feature table(s), joined on id ('-': Arrow stream on stdin).")]
 InputOpt = Annotated[
     list[str],
-    typer.Option(
-        "--input", "-i", help="Input column; repeat for a late-fusion model (e.g. -i audio -i image)."
-    ),
+    typer.Option("--input", "-i", help="Input column; repeat for a late-fusion model (e.g. -i audio -i image)."),
 ]
 OutputOpt = Annotated[str, typer.Option("--output", "-o", help="Output checkpoint (.safetensors).")]
 
@@ -40,9 +36,7 @@ def pretrain(
     tables: TablesArg,
     input: InputOpt,
     output: OutputOpt,
-    arch: Annotated[
-        str, typer.Option(help="linear (softmax regression) or mlp.", rich_help_panel=PANEL_MODEL)
-    ] = "mlp",
+    arch: Annotated[str, typer.Option(help="linear (softmax regression) or mlp.", rich_help_panel=PANEL_MODEL)] = "mlp",
     hidden: Annotated[
         str, typer.Option(help="Encoder hidden sizes for mlp, comma-separated.", rich_help_panel=PANEL_MODEL)
     ] = "256",
@@ -52,9 +46,7 @@ def pretrain(
             help="Hidden sizes of the head after fusion ('' = one linear layer).", rich_help_panel=PANEL_MODEL
         ),
     ] = "",
-    activation: Annotated[
-        str, typer.Option(help="relu, leaky_relu or gelu.", rich_help_panel=PANEL_MODEL)
-    ] = "relu",
+    activation: Annotated[str, typer.Option(help="relu, leaky_relu or gelu.", rich_help_panel=PANEL_MODEL)] = "relu",
     dropout: Annotated[
         float, typer.Option(help="Dropout probability after hidden layers.", rich_help_panel=PANEL_MODEL)
     ] = 0.0,
@@ -68,9 +60,7 @@ def pretrain(
         str, typer.Option(help="Recorded role: teacher or student.", rich_help_panel=PANEL_MODEL)
     ] = "teacher",
     epochs: Annotated[int, typer.Option(help="Training epochs.", rich_help_panel=PANEL_OPT)] = 100,
-    batch_size: Annotated[
-        str, typer.Option(help="Batch size in rows, or 'full'.", rich_help_panel=PANEL_OPT)
-    ] = "64",
+    batch_size: Annotated[str, typer.Option(help="Batch size in rows, or 'full'.", rich_help_panel=PANEL_OPT)] = "64",
     optimizer: Annotated[str, typer.Option(help="adamw or sgd.", rich_help_panel=PANEL_OPT)] = "adamw",
     lr: Annotated[float, typer.Option(help="Base learning rate.", rich_help_panel=PANEL_OPT)] = 1e-3,
     momentum: Annotated[float, typer.Option(help="SGD momentum.", rich_help_panel=PANEL_OPT)] = 0.9,
@@ -78,9 +68,7 @@ def pretrain(
     weight_decay: Annotated[
         float, typer.Option(help="Weight decay (decoupled for adamw).", rich_help_panel=PANEL_OPT)
     ] = 0.0,
-    schedule: Annotated[
-        str, typer.Option(help="constant, step or cosine.", rich_help_panel=PANEL_OPT)
-    ] = "constant",
+    schedule: Annotated[str, typer.Option(help="constant, step or cosine.", rich_help_panel=PANEL_OPT)] = "constant",
     milestones: Annotated[
         str,
         typer.Option(
@@ -88,9 +76,7 @@ def pretrain(
             rich_help_panel=PANEL_OPT,
         ),
     ] = "",
-    gamma: Annotated[
-        float, typer.Option(help="Rate multiplier at each milestone.", rich_help_panel=PANEL_OPT)
-    ] = 0.1,
+    gamma: Annotated[float, typer.Option(help="Rate multiplier at each milestone.", rich_help_panel=PANEL_OPT)] = 0.1,
     warmup_epochs: Annotated[int, typer.Option(help="Linear warm-up epochs.", rich_help_panel=PANEL_OPT)] = 0,
     clip_grad: Annotated[
         float | None, typer.Option(help="Clip the gradient norm to this value.", rich_help_panel=PANEL_OPT)

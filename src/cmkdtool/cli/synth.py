@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from cmkdtool.cli.common import SeedOpt, command_line, guard, note
+from cmkdtool.cli.common import command_line, guard, note
 
 app = typer.Typer(
     help="Write a synthetic two-modality feature table (columns xa = teacher side, xb = student side, label, "
@@ -21,11 +21,10 @@ TestOpt = Annotated[int, typer.Option("--test", help="Test rows.")]
 TrainSeedOpt = Annotated[
     int | None, typer.Option("--train-seed", help="Seed of the train draws [default: from --seed].")
 ]
-ValSeedOpt = Annotated[
-    int | None, typer.Option("--val-seed", help="Seed of the val draws [default: from --seed].")
-]
-TestSeedOpt = Annotated[
-    int | None, typer.Option("--test-seed", help="Seed of the test draws [default: from --seed].")
+ValSeedOpt = Annotated[int | None, typer.Option("--val-seed", help="Seed of the val draws [default: from --seed].")]
+TestSeedOpt = Annotated[int | None, typer.Option("--test-seed", help="Seed of the test draws [default: from --seed].")]
+SeedOpt = Annotated[
+    int, typer.Option("--seed", envvar="CMKDTOOL_SEED", help="Data seed: structure (hyperplanes, channels) and draws.")
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No summary on stderr.")]
 
@@ -41,9 +40,7 @@ def _write(data, output: str, quiet: bool) -> None:
         "class_names": data.class_names,
         "synth": data.meta,
     }
-    table = build_table(
-        data.ids, {"xa": data.xa, "xb": data.xb}, label=data.label, split=data.split, meta=meta
-    )
+    table = build_table(data.ids, {"xa": data.xa, "xb": data.xb}, label=data.label, split=data.split, meta=meta)
     write_table(table, output)
     counts = {s: int((data.split == s).sum()) for s in ("train", "val", "test")}
     m = data.meta
@@ -74,15 +71,9 @@ def mfh(
         int | None,
         typer.Option("--overlap", help="|J1 ∩ J2| ('vary gamma' setting, Fig. 2); with --n-a/--n-b."),
     ] = None,
-    n_a: Annotated[
-        int | None, typer.Option("--n-a", help="|J1|, decisive features in xa [default: d/2].")
-    ] = None,
-    n_b: Annotated[
-        int | None, typer.Option("--n-b", help="|J2|, decisive features in xb [default: d/2].")
-    ] = None,
-    hyperplane: Annotated[
-        str, typer.Option("--hyperplane", help="delta: randn (N(0, I)) or ones.")
-    ] = "randn",
+    n_a: Annotated[int | None, typer.Option("--n-a", help="|J1|, decisive features in xa [default: d/2].")] = None,
+    n_b: Annotated[int | None, typer.Option("--n-b", help="|J2|, decisive features in xb [default: d/2].")] = None,
+    hyperplane: Annotated[str, typer.Option("--hyperplane", help="delta: randn (N(0, I)) or ones.")] = "randn",
     positions: Annotated[
         str, typer.Option("--positions", help="Channels holding x*: random (seeded) or first.")
     ] = "random",
@@ -133,9 +124,7 @@ def orthogonal(
     general: Annotated[
         int, typer.Option("--general", help="Shared modality-general channels D_g (the first D_g).")
     ] = 16,
-    classes: Annotated[
-        int, typer.Option("--classes", help="Number of classes (2: one hyperplane; K: argmax).")
-    ] = 2,
+    classes: Annotated[int, typer.Option("--classes", help="Number of classes (2: one hyperplane; K: argmax).")] = 2,
     weight_general: Annotated[
         float, typer.Option("--weight-general", help="Label weight of the general part G.")
     ] = 1.0,
@@ -149,9 +138,7 @@ def orthogonal(
     ] = 1.0,
     orthogonalize: Annotated[
         bool,
-        typer.Option(
-            "--orthogonalize/--no-orthogonalize", help="Gram-Schmidt per split (App. D.1); off = App. E.6."
-        ),
+        typer.Option("--orthogonalize/--no-orthogonalize", help="Gram-Schmidt per split (App. D.1); off = App. E.6."),
     ] = True,
     train: TrainOpt = 2000,
     val: ValOpt = 500,

@@ -6,7 +6,7 @@ import contextlib
 
 import torch
 
-from cmkdtool.errors import CmkdError
+from cmkdtool.errors import CmkdError, CmkdUsageError
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
@@ -17,20 +17,16 @@ def resolve_device(spec: str = "auto") -> torch.device:
     try:
         dev = torch.device(spec)
     except RuntimeError as e:
-        raise CmkdError(f"unknown device '{spec}'; use auto, cpu, cuda or cuda:N") from e
+        raise CmkdUsageError(f"unknown device '{spec}'; use auto, cpu, cuda or cuda:N") from e
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise CmkdError(
-                f"device '{spec}' requested but CUDA is not available here; use --device cpu or auto"
-            )
+            raise CmkdError(f"device '{spec}' requested but CUDA is not available here; use --device cpu or auto")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise CmkdError(
-                f"device '{spec}' does not exist: {torch.cuda.device_count()} CUDA device(s) visible"
-            )
+            raise CmkdError(f"device '{spec}' does not exist: {torch.cuda.device_count()} CUDA device(s) visible")
     elif dev.type == "mps" and not torch.backends.mps.is_available():
         raise CmkdError(f"device '{spec}' requested but MPS is not available; use --device cpu or auto")
     elif dev.type not in ("cpu", "cuda", "mps"):
-        raise CmkdError(f"unsupported device '{spec}'; use auto, cpu, cuda or cuda:N")
+        raise CmkdUsageError(f"unsupported device '{spec}'; use auto, cpu, cuda or cuda:N")
     return dev
 
 
@@ -40,11 +36,11 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 def resolve_precision(precision: str, device: torch.device) -> str:
     """'auto' is bf16 autocast on CUDA devices that support it, fp32 elsewhere."""
     if precision not in PRECISIONS:
-        raise CmkdError(f"unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
+        raise CmkdUsageError(f"unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
     if precision == "auto":
         return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
     if precision == "fp16" and device.type != "cuda":
-        raise CmkdError("--precision fp16 needs a CUDA device; use fp32 or bf16 on the CPU")
+        raise CmkdUsageError("--precision fp16 needs a CUDA device; use fp32 or bf16 on the CPU")
     return precision
 
 

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from cmkdtool.data.tensors import TensorData
 from cmkdtool.engine.device import autocast
-from cmkdtool.errors import CmkdError
+from cmkdtool.errors import CmkdError, CmkdUsageError
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "step", "cosine")
@@ -50,19 +50,19 @@ class TrainConfig:
 
     def validate(self) -> None:
         if self.epochs < 1:
-            raise CmkdError("--epochs must be at least 1")
+            raise CmkdUsageError("--epochs must be at least 1")
         if self.batch_size is not None and self.batch_size < 1:
-            raise CmkdError("--batch-size must be a positive integer or 'full'")
+            raise CmkdUsageError("--batch-size must be a positive integer or 'full'")
         if self.optimizer not in OPTIMIZERS:
-            raise CmkdError(f"unknown optimizer '{self.optimizer}'; choose one of {', '.join(OPTIMIZERS)}")
+            raise CmkdUsageError(f"unknown optimizer '{self.optimizer}'; choose one of {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
-            raise CmkdError(f"unknown schedule '{self.schedule}'; choose one of {', '.join(SCHEDULES)}")
+            raise CmkdUsageError(f"unknown schedule '{self.schedule}'; choose one of {', '.join(SCHEDULES)}")
         if self.select not in ("best", "last"):
-            raise CmkdError(f"--select must be best or last, not '{self.select}'")
+            raise CmkdUsageError(f"--select must be best or last, not '{self.select}'")
         if self.lr <= 0:
-            raise CmkdError("--lr must be positive")
+            raise CmkdUsageError("--lr must be positive")
         if self.warmup_epochs < 0 or self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:
-            raise CmkdError("--warmup-epochs must be smaller than --epochs")
+            raise CmkdUsageError("--warmup-epochs must be smaller than --epochs")
 
 
 @dataclass
@@ -219,9 +219,7 @@ def selection_key(task: str | None) -> str:
     return "map" if task == "multilabel" else "accuracy"
 
 
-def fit(
-    method: Method, data: TensorData, cfg: TrainConfig, *, quiet: bool = False, desc: str = "train"
-) -> FitResult:
+def fit(method: Method, data: TensorData, cfg: TrainConfig, *, quiet: bool = False, desc: str = "train") -> FitResult:
     """Train ``method`` on the train split of ``data``; select on the val split; return the student's weights."""
     cfg.validate()
     device = data.device
@@ -231,9 +229,7 @@ def fit(
     val_idx = data.index("val")
     n_train = len(train_idx)
     if n_train == 0:
-        raise CmkdError(
-            f"{data.source}: the train split is empty; add a 'split' column or change --split-ratio"
-        )
+        raise CmkdError(f"{data.source}: the train split is empty; add a 'split' column or change --split-ratio")
     select = cfg.select
     if select == "best" and len(val_idx) == 0:
         select = "last"

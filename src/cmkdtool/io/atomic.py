@@ -14,6 +14,8 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+from cmkdtool.errors import CmkdError
+
 
 def _create_temp(folder: Path, name: str) -> Path:
     """A new empty file beside the destination, created with mode 0o666 so that the umask applies."""
@@ -34,8 +36,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed over ``path``, on error removed."""
     dest = Path(path)
     folder = dest.parent if str(dest.parent) else Path(".")
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp_path = _create_temp(folder, dest.name)
+    if dest.is_dir():
+        raise CmkdError(f"{path}: is a folder; give a file name for the output")
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise CmkdError(f"{path}: {existing} is a file, not a folder; choose another output path")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp_path = _create_temp(folder, dest.name)
+    except OSError as e:  # a read-only or full disk, no permission
+        raise CmkdError(f"{path}: cannot write here ({e.strerror or e}); choose another output path") from e
     try:
         yield tmp_path
         with contextlib.suppress(OSError):  # keep the mode of a file being replaced

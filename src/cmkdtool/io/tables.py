@@ -439,8 +439,12 @@ def build_table(
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def write_table(table: pa.Table, path: str | os.PathLike, row_group_size: int = ROW_GROUP_SIZE) -> None:
-    """Write a table as Parquet (zstd, row groups, atomic rename) or, for ``-``, an Arrow stream on stdout."""
+def write_table(table: pa.Table, path: str | os.PathLike, row_group_size: int | None = None) -> None:
+    """Write a table as Parquet (zstd, row groups, atomic rename) or, for ``-``, an Arrow stream on stdout.
+
+    ``row_group_size`` (rows per Parquet row group and per stream batch) defaults to ``ROW_GROUP_SIZE``.
+    """
+    row_group_size = int(row_group_size or ROW_GROUP_SIZE)
     if str(path) == "-":
         if sys.stdout.isatty():
             raise CmkdError("refusing to write a binary table to a terminal; redirect stdout or give -o FILE")

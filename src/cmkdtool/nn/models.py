@@ -22,10 +22,11 @@ import math
 import torch
 from torch import Tensor, nn
 
-from cmkdtool.errors import CmkdError
+from cmkdtool.errors import CmkdError, CmkdUsageError
 
 ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "gelu": nn.GELU}
 ARCHS = ("linear", "mlp")
+ROLES = ("teacher", "student")
 
 
 class Standardize(nn.Module):
@@ -66,22 +67,22 @@ def mlp(in_dim: int, hidden: list[int], activation: str, dropout: float, batch_n
 
 def _validate(spec: dict) -> None:
     if spec.get("arch") not in ARCHS:
-        raise CmkdError(f"unknown architecture {spec.get('arch')!r}; choose one of {', '.join(ARCHS)}")
+        raise CmkdUsageError(f"unknown architecture {spec.get('arch')!r}; choose one of {', '.join(ARCHS)}")
     if spec.get("activation", "relu") not in ACTIVATIONS:
-        raise CmkdError(
-            f"unknown activation {spec.get('activation')!r}; choose one of {', '.join(ACTIVATIONS)}"
-        )
+        raise CmkdUsageError(f"unknown activation {spec.get('activation')!r}; choose one of {', '.join(ACTIVATIONS)}")
     if spec["arch"] == "linear" and spec.get("hidden"):
-        raise CmkdError("architecture 'linear' has no hidden layers; drop --hidden or use --arch mlp")
+        raise CmkdUsageError("architecture 'linear' has no hidden layers; drop --hidden or use --arch mlp")
+    if spec["arch"] == "linear" and spec.get("head_hidden"):
+        raise CmkdUsageError("architecture 'linear' has no hidden layers; drop --head-hidden or use --arch mlp")
+    if spec.get("role", "teacher") not in ROLES:
+        raise CmkdUsageError(f"unknown role {spec.get('role')!r}; choose one of {', '.join(ROLES)}")
     if spec["arch"] == "mlp" and not spec.get("hidden"):
-        raise CmkdError("architecture 'mlp' needs hidden sizes, e.g. --hidden 256,128")
+        raise CmkdUsageError("architecture 'mlp' needs hidden sizes, e.g. --hidden 256,128")
     if not spec.get("inputs"):
-        raise CmkdError("a model needs at least one --input column")
+        raise CmkdUsageError("a model needs at least one --input column")
     for i in spec["inputs"]:
         if "." in i["name"] or not i["name"]:
-            raise CmkdError(
-                f"input column name {i['name']!r} cannot be used as a layer name; rename the column"
-            )
+            raise CmkdError(f"input column name {i['name']!r} cannot be used as a layer name; rename the column")
     if int(spec.get("num_classes", 0)) < 1:
         raise CmkdError("a model needs at least one class")
 
