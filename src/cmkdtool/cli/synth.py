@@ -29,6 +29,47 @@ SeedOpt = Annotated[
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No summary on stderr.")]
 
 
+FLAGS = {
+    "orthogonalize=False": "--no-orthogonalize",
+    "num_classes": "--classes",
+    "n_train": "--train",
+    "n_val": "--val",
+    "n_test": "--test",
+    "train_seed": "--train-seed",
+    "val_seed": "--val-seed",
+    "test_seed": "--test-seed",
+    "dim_a": "--dim-a",
+    "dim_b": "--dim-b",
+    "n_a": "--n-a",
+    "n_b": "--n-b",
+    "weight_general": "--weight-general",
+    "weight_specific_a": "--weight-specific-a",
+    "weight_specific_b": "--weight-specific-b",
+    "decisive": "--decisive",
+    "gamma": "--gamma",
+    "overlap": "--overlap",
+    "hyperplane": "--hyperplane",
+    "positions": "--positions",
+    "general": "--general",
+    "dim": "--dim",
+    "seed": "--seed",
+    "orthogonalize": "--orthogonalize",
+}
+
+
+def _generate(func, **kwargs):
+    """Run a generator; its option names in error messages become this command's flags."""
+    import re
+
+    from cmkdtool.data.synth import SynthConfigError
+
+    try:
+        return func(**kwargs)
+    except SynthConfigError as e:
+        pattern = re.compile(r"(?<![\w-])(" + "|".join(re.escape(k) for k in FLAGS) + r")(?![\w])")
+        raise SynthConfigError(pattern.sub(lambda m: FLAGS[m.group(1)], str(e))) from None
+
+
 def _write(data, output: str, quiet: bool) -> None:
     from cmkdtool import __version__
     from cmkdtool.io.tables import build_table, write_table
@@ -37,6 +78,7 @@ def _write(data, output: str, quiet: bool) -> None:
         "tool": "cmkdtool",
         "version": __version__,
         "command": command_line(),
+        "seed": data.meta.get("params", {}).get("seed", data.meta.get("seed")),
         "class_names": data.class_names,
         "synth": data.meta,
     }
@@ -95,7 +137,8 @@ def mfh(
 
     if gamma is None and overlap is None and n_a is None and n_b is None:
         gamma = 0.5
-    data = synth_mfh(
+    data = _generate(
+        synth_mfh,
         dim_a=dim_a,
         dim_b=dim_b,
         decisive=decisive,
@@ -156,7 +199,8 @@ def orthogonal(
     """
     from cmkdtool.data.synth import synth_orthogonal
 
-    data = synth_orthogonal(
+    data = _generate(
+        synth_orthogonal,
         dim=dim,
         general=general,
         num_classes=classes,
