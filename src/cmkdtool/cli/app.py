@@ -31,13 +31,18 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks (also CMKDTOOL_DEBUG=1).")] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
-    if debug:
+    if debug:  # for this command only (several commands may run in one process, e.g. in tests)
+        old = os.environ.get("CMKDTOOL_DEBUG")
         os.environ["CMKDTOOL_DEBUG"] = "1"
+        ctx.call_on_close(
+            lambda: os.environ.pop("CMKDTOOL_DEBUG") if old is None else os.environ.update(CMKDTOOL_DEBUG=old)
+        )
 
 
 app.add_typer(synth.app, name="synth")

@@ -90,6 +90,9 @@ def check_output(path: str, *inputs: str, stream_ok: bool = False) -> None:
             raise CmkdUsageError(f"output {path} is also an input; write to another file")
     if os.path.isdir(path):
         raise CmkdError(f"{path}: is a folder; give a file name for the output")
+    from cmkdtool.io.atomic import check_output_path
+
+    check_output_path(path)
 
 
 def debug_enabled() -> bool:
@@ -109,6 +112,12 @@ def guard(func):
                 raise
             print(f"cmkdtool: error: {e}", file=sys.stderr)
             raise typer.Exit(e.exit_code) from None
+        except OSError as e:  # disk full, permission denied, read-only folder
+            if debug_enabled():
+                raise
+            where = f"{e.filename}: " if e.filename else ""
+            print(f"cmkdtool: error: {where}{e.strerror or e}; check the path and free space", file=sys.stderr)
+            raise typer.Exit(1) from None
         except KeyboardInterrupt:
             print("cmkdtool: interrupted", file=sys.stderr)
             raise typer.Exit(130) from None

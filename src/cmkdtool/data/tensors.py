@@ -49,9 +49,7 @@ class TensorData:
 def multi_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
     out = np.zeros((len(labels), num_classes), dtype=np.float32)
     rows = np.repeat(np.arange(len(labels)), [len(v) for v in labels])
-    cols = (
-        np.concatenate([np.asarray(v, dtype=np.int64) for v in labels]) if len(labels) else np.zeros(0, int)
-    )
+    cols = np.concatenate([np.asarray(v, dtype=np.int64) for v in labels]) if len(labels) else np.zeros(0, int)
     out[rows, cols] = 1.0
     return out
 
@@ -109,9 +107,7 @@ def load_tensor_data(
         if require_train_classes:
             train = labels[split == "train"]
             if len(train) == 0:
-                raise CmkdError(
-                    f"{name}: the train split is empty; add a 'split' column or check --split-ratio"
-                )
+                raise CmkdError(f"{name}: the train split is empty; add a 'split' column or check --split-ratio")
             seen = np.zeros(num_classes, bool)
             if task == "multiclass":
                 seen[train] = True
@@ -123,7 +119,7 @@ def load_tensor_data(
                 label = f"{c} ('{names[c]}')" if names and c < len(names) else str(c)
                 raise CmkdError(
                     f"{name}: class {label} has no row in the train split ({len(missing)} classes missing); "
-                    "add training examples of it or remove the class"
+                    "add training examples of it or remove the class (labels must be contiguous 0..C-1)"
                 )
         if task == "multiclass":
             target = torch.as_tensor(labels, dtype=torch.long)

@@ -31,9 +31,8 @@ def _create_temp(folder: Path, name: str) -> Path:
     raise FileExistsError(f"could not create a temporary file in {folder}")
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it is renamed over ``path``, on error removed."""
+def check_output_path(path: str | os.PathLike) -> None:
+    """Fail early (before any work) when ``path`` cannot be an output file: a folder, or below a file."""
     dest = Path(path)
     folder = dest.parent if str(dest.parent) else Path(".")
     if dest.is_dir():
@@ -41,6 +40,21 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
     if existing is not None and not existing.is_dir():
         raise CmkdError(f"{path}: {existing} is a file, not a folder; choose another output path")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is renamed over ``path``, on error removed.
+
+    A symbolic link is followed (its target is replaced, the link stays). A path that exists but is not a
+    regular file (``/dev/null``, a named pipe) cannot be renamed over: it is written directly.
+    """
+    check_output_path(path)
+    dest = Path(os.path.realpath(path))
+    if dest.exists() and not dest.is_file():
+        yield dest
+        return
+    folder = dest.parent if str(dest.parent) else Path(".")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         tmp_path = _create_temp(folder, dest.name)
