@@ -9,7 +9,8 @@ Spec keys (see docs/formats.md):
   inputs        [{"name": column, "shape": [..]}]
   hidden        encoder hidden sizes (mlp), e.g. [256, 128]
   head_hidden   hidden sizes of the head after fusion (default [] = one linear layer)
-  activation    relu | leaky_relu | gelu
+  activation    relu | leaky_relu | gelu | identity (identity: a linear feature extractor, as CIBA's
+                synthetic two-layer linear model)
   dropout       dropout probability after each hidden activation
   batch_norm    BatchNorm1d after each hidden linear layer
   num_classes, task ("multiclass" | "multilabel"), class_names, role
@@ -24,7 +25,7 @@ from torch import Tensor, nn
 
 from cmkdtool.errors import CmkdError, CmkdUsageError
 
-ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "gelu": nn.GELU}
+ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "gelu": nn.GELU, "identity": nn.Identity}
 ARCHS = ("linear", "mlp")
 ROLES = ("teacher", "student")
 
@@ -118,6 +119,48 @@ class CmkdModel(nn.Module):
 
     def forward(self, inputs: dict[str, Tensor]) -> Tensor:
         return self.head(self.embed(inputs))
+
+    def layer_names(self) -> list[str]:
+        """Stable names of the layers whose outputs can be distilled or analysed.
+
+        ``input.<col>`` (the standardised input), every submodule of the encoders and the head by its
+        state-dict prefix (``encoders.<col>.<i>``, ``head.<i>``), ``embedding`` (the fused encoder output, input
+        of the head) and ``logits``.
+        """
+        names = [f"input.{n}" for n in self.input_names]
+        names += [f"encoders.{n}.{i}" for n in self.input_names for i in range(len(self.encoders[n]))]
+        names.append("embedding")
+        names += [f"head.{i}" for i in range(len(self.head))]
+        names.append("logits")
+        return names
+
+    def forward_layers(self, inputs: dict[str, Tensor], names: list[str]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Logits and the outputs of the named layers (see ``layer_names``), flattened to (N, features)."""
+        unknown = [n for n in names if n not in self.layer_names()]
+        if unknown:
+            raise CmkdError(f"unknown layer {unknown[0]!r}; layers of this model: {', '.join(self.layer_names())}")
+        out: dict[str, Tensor] = {}
+        modules = dict(self.named_modules())
+        hooks = []
+        for name in names:
+            if name.startswith(("encoders.", "head.")):
+                hooks.append(modules[name].register_forward_hook(lambda m, i, o, name=name: out.__setitem__(name, o)))
+        try:
+            normed = {n: self.norm[n](inputs[n].flatten(1)) for n in self.input_names}
+            for n in self.input_names:
+                if f"input.{n}" in names:
+                    out[f"input.{n}"] = normed[n]
+            parts = [self.encoders[n](normed[n]) for n in self.input_names]
+            emb = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+            logits = self.head(emb)
+        finally:
+            for h in hooks:
+                h.remove()
+        if "embedding" in names:
+            out["embedding"] = emb
+        if "logits" in names:
+            out["logits"] = logits
+        return logits, {n: out[n].flatten(1) for n in names}
 
 
 def build_model(spec: dict) -> CmkdModel:
