@@ -57,9 +57,7 @@ def test_bash_completion_completes_commands_and_options():
 
 
 def test_python_dash_m_and_version():
-    out = subprocess.run(
-        [sys.executable, "-m", "cmkdtool", "--version"], capture_output=True, text=True, check=True
-    )
+    out = subprocess.run([sys.executable, "-m", "cmkdtool", "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.startswith("cmkdtool ")
 
 

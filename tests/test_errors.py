@@ -25,7 +25,10 @@ def invoke(*args, env: dict | None = None, input: bytes | None = None, catch: bo
     """Run the app in-process. CMKDTOOL_DEBUG is cleared for the call and restored after it, so that a
     --debug run (which sets it in os.environ) cannot leak into later tests."""
     return runner.invoke(
-        app, [str(a) for a in args], env={"CMKDTOOL_DEBUG": None, **(env or {})}, input=input,
+        app,
+        [str(a) for a in args],
+        env={"CMKDTOOL_DEBUG": None, **(env or {})},
+        input=input,
         catch_exceptions=catch,
     )
 
@@ -214,8 +217,18 @@ def test_explicit_device_that_does_not_exist(d, command):
 
 def test_device_from_the_environment_is_checked_too(d):
     res = invoke(
-        "pretrain", d / "good.parquet", "-i", "xa", "--arch", "linear", "--epochs", "2", "-q",
-        "-o", d / "env.safetensors", env={"CMKDTOOL_DEVICE": "cuda:7"},
+        "pretrain",
+        d / "good.parquet",
+        "-i",
+        "xa",
+        "--arch",
+        "linear",
+        "--epochs",
+        "2",
+        "-q",
+        "-o",
+        d / "env.safetensors",
+        env={"CMKDTOOL_DEVICE": "cuda:7"},
     )
     line = error_line(res)
     assert "'cuda:7'" in line and not (d / "env.safetensors").exists()

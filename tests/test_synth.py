@@ -118,14 +118,10 @@ def test_mfh_labels_follow_eq27_overlap_mode() -> None:
     np.testing.assert_array_equal(data.label, (xstar @ np.asarray(meta["delta"]) > 0).astype(np.int64))
 
 
-@pytest.mark.parametrize(
-    ("overlap", "gamma"), [(0, 0.0), (2, 0.11), (4, 0.25), (6, 0.43), (8, 0.67), (10, 1.0)]
-)
+@pytest.mark.parametrize(("overlap", "gamma"), [(0, 0.0), (2, 0.11), (4, 0.25), (6, 0.43), (8, 0.67), (10, 1.0)])
 def test_mfh_vary_gamma_setting_matches_paper(overlap: int, gamma: float) -> None:
     # App. B.2 setting (1): d1 = 25, d2 = 50, d = 20, |J1| = |J2| = 10, |J1 ∩ J2| = 0, 2, ..., 10
-    data = synth_mfh(
-        dim_a=25, dim_b=50, decisive=20, n_a=10, n_b=10, overlap=overlap, n_train=4, n_val=0, n_test=4
-    )
+    data = synth_mfh(dim_a=25, dim_b=50, decisive=20, n_a=10, n_b=10, overlap=overlap, n_train=4, n_val=0, n_test=4)
     meta = data.meta
     assert meta["mode"] == "overlap"
     assert meta["J1"] == list(range(10)) and meta["J2"] == list(range(10 - overlap, 20 - overlap))
@@ -301,8 +297,9 @@ def test_orthogonal_parts_are_orthogonal_on_every_split(general: int) -> None:
             assert np.abs(g.T @ s_b).max() / n < 1e-5
         if general < 20:
             assert np.abs(s_a.T @ s_b).max() / n < 1e-5
-        # unit mean square per channel
+        # unit mean square per channel, and zero mean: orthogonality survives the centring models apply
         np.testing.assert_allclose((m**2).mean(axis=0), 1.0, atol=1e-5)
+        np.testing.assert_allclose(m.mean(axis=0), 0.0, atol=1e-5)
 
 
 def test_orthogonal_relaxed_is_not_orthogonal() -> None:
@@ -382,8 +379,8 @@ def test_orthogonal_deterministic_and_split_seeds() -> None:
 
 
 def test_orthogonal_empty_split() -> None:
-    data = synth_orthogonal(dim=6, general=2, n_train=30, n_val=0, n_test=10)
-    _check_layout(data, 6, 6, (30, 0, 10))
+    data = synth_orthogonal(dim=6, general=2, n_train=30, n_val=0, n_test=11)
+    _check_layout(data, 6, 6, (30, 0, 11))
 
 
 @pytest.mark.parametrize(

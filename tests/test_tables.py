@@ -55,9 +55,7 @@ def arrays():
 @pytest.fixture
 def table(arrays):
     a = arrays
-    return build_table(
-        a["ids"], {"xa": a["xa"], "img": a["img"]}, label=a["label"], split=a["split"], meta=a["meta"]
-    )
+    return build_table(a["ids"], {"xa": a["xa"], "img": a["img"]}, label=a["label"], split=a["split"], meta=a["meta"])
 
 
 def _files(folder) -> list[str]:

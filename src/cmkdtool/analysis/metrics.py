@@ -164,9 +164,7 @@ def classification_metrics(
     if num_classes is not None and num_classes != c:
         raise ValueError(f"num_classes is {num_classes} but scores has {c} columns.")
     if labels_arr.min() < 0 or labels_arr.max() >= c:
-        raise ValueError(
-            f"labels must lie in [0, {c}), got values from {labels_arr.min()} to {labels_arr.max()}."
-        )
+        raise ValueError(f"labels must lie in [0, {c}), got values from {labels_arr.min()} to {labels_arr.max()}.")
     ks = _check_ks(topk, "topk")
 
     preds = np.argmax(scores_arr, axis=1)
@@ -246,9 +244,7 @@ def multilabel_metrics(
     scores_arr = _as_scores(scores, "scores")
     targets_arr = np.asarray(targets)
     if targets_arr.ndim != 2 or scores_arr.ndim != 2:
-        raise ValueError(
-            f"targets and scores must both be 2-D (N, C), got {targets_arr.shape} and {scores_arr.shape}."
-        )
+        raise ValueError(f"targets and scores must both be 2-D (N, C), got {targets_arr.shape} and {scores_arr.shape}.")
     if targets_arr.shape != scores_arr.shape:
         raise ValueError(f"targets shape {targets_arr.shape} does not match scores shape {scores_arr.shape}.")
     n, c = scores_arr.shape
@@ -334,9 +330,7 @@ def retrieval_recall(
             f"query_labels and gallery_labels must both be 1-D or both 2-D, got {ql.shape} and {gl.shape}."
         )
     if ql.ndim == 2 and ql.shape[1] != gl.shape[1]:
-        raise ValueError(
-            f"multi-hot query_labels have {ql.shape[1]} columns but gallery_labels have {gl.shape[1]}."
-        )
+        raise ValueError(f"multi-hot query_labels have {ql.shape[1]} columns but gallery_labels have {gl.shape[1]}.")
     if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
         raise ValueError(f"chunk must be a positive integer, got {chunk!r}.")
     k_list = _check_ks(ks, "ks")

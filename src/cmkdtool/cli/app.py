@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from cmkdtool import __version__
+from cmkdtool.cli import distill, pretrain, spectrum, synth
 from cmkdtool.cli import eval as eval_cmd
-from cmkdtool.cli import pretrain, synth
 from cmkdtool.cli.common import guard
 
 app = typer.Typer(
@@ -46,8 +46,10 @@ def _root(
 
 
 app.add_typer(synth.app, name="synth")
+app.add_typer(distill.app, name="distill")
 app.command("pretrain", no_args_is_help=True)(guard(pretrain.pretrain))
 app.command("eval", no_args_is_help=True)(guard(eval_cmd.evaluate))
+app.command("spectrum", no_args_is_help=True)(guard(spectrum.spectrum))
 
 
 def main(argv: list[str] | None = None) -> None:

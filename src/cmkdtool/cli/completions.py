@@ -22,7 +22,9 @@ def command_tree() -> dict[tuple[str, ...], dict]:
     tree: dict[tuple[str, ...], dict] = {}
 
     def walk(cmd, path: tuple[str, ...]) -> None:
-        subs = getattr(cmd, "commands", {}) or {}
+        subs = {}
+        if hasattr(cmd, "list_commands"):  # groups, including the lazily filled distill group
+            subs = {n: cmd.get_command(None, n) for n in cmd.list_commands(None)}
         opts = []
         for p in cmd.params:
             if getattr(p, "param_type_name", "") != "option" or p.name in (

@@ -117,7 +117,7 @@ def evaluate(
         check_output(predictions, checkpoint, *tables)
 
     from cmkdtool.analysis.evaluate import evaluate as run
-    from cmkdtool.data.tensors import load_tensor_data
+    from cmkdtool.data.tensors import check_model_inputs, load_tensor_data
     from cmkdtool.engine.device import resolve_device, resolve_precision
     from cmkdtool.errors import CmkdError
     from cmkdtool.io.checkpoints import load_model, read_metadata
@@ -132,13 +132,7 @@ def evaluate(
     table = read_tables(tables, columns=inputs)
     for n in table.notes:
         note(n, quiet)
-    for i in spec["inputs"]:
-        shape = table.shape(i["name"])
-        if list(shape) != list(i["shape"]):
-            raise CmkdError(
-                f"{table.name}: column '{i['name']}' has shape {list(shape)} but {checkpoint} expects "
-                f"{list(i['shape'])}; use the table the model was trained on or re-extract features"
-            )
+    check_model_inputs(table, spec, checkpoint)
     data = load_tensor_data(
         table, inputs, dev, num_classes=int(spec["num_classes"]), split_ratio=ratio, split_seed=sseed
     )

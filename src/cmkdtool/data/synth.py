@@ -224,8 +224,7 @@ def synth_mfh(
     if gamma is not None:
         if n_a is not None or n_b is not None or overlap is not None:
             raise SynthConfigError(
-                "Option gamma cannot be combined with n_a, n_b or overlap; "
-                "give either gamma or overlap/n_a/n_b."
+                "Option gamma cannot be combined with n_a, n_b or overlap; give either gamma or overlap/n_a/n_b."
             )
     elif n_a is None and n_b is None and overlap is None:
         gamma = 0.5
@@ -252,9 +251,7 @@ def synth_mfh(
                 f"dims [0, {d}); raise overlap to at least {na + nb - d} or raise decisive."
             )
         if na + nb - ov == 0:
-            raise SynthConfigError(
-                "Options n_a and n_b are both 0: at least one modality needs a decisive feature."
-            )
+            raise SynthConfigError("Options n_a and n_b are both 0: at least one modality needs a decisive feature.")
     if na > dim_a:
         hint = "lower decisive or raise dim_a" if mode == "gamma" else "lower n_a or raise dim_a"
         raise SynthConfigError(f"Option dim_a={dim_a} is smaller than n_a={na} decisive features; {hint}.")
@@ -341,12 +338,16 @@ def synth_mfh(
 
 
 def _orthonormal_rows(m: np.ndarray) -> np.ndarray:
-    """Gram-Schmidt of the rows of ``m`` (``r x n``, ``r <= n``), scaled to squared norm ``n``.
+    """Gram-Schmidt of the centred rows of ``m`` (``r x n``, ``r < n``), scaled to squared norm ``n``.
 
-    Computed as the QR factorisation of ``m.T`` with the signs fixed so that ``diag(R) > 0``, which is
-    the unique factorisation that classical Gram-Schmidt produces (in exact arithmetic).
+    Each row is first centred over the samples, so the result is zero-mean *and* orthogonal: models centre
+    their inputs (standardisation, biases), and orthogonality of raw but uncentred rows would not survive
+    that (a deviation from App. D.1, which does not say; it is what makes Theorem 1's bound exact for
+    models with biases). Computed as the QR factorisation of the centred ``m.T`` with the signs fixed so that
+    ``diag(R) > 0``, which is the factorisation classical Gram-Schmidt produces (in exact arithmetic).
     """
     r, n = m.shape
+    m = m - m.mean(axis=1, keepdims=True)
     q, rr = np.linalg.qr(m.T)  # q: n x r
     signs = np.sign(np.diag(rr))
     signs[signs == 0] = 1.0
@@ -436,10 +437,10 @@ def synth_orthogonal(
     rows = dg + 2 * ds
     if orthogonalize:
         for s in SPLITS:
-            if 0 < sizes[s] < rows:
+            if 0 < sizes[s] <= rows:  # centred rows span at most n - 1 dimensions
                 raise SynthConfigError(
-                    f"Option n_{s}={sizes[s]} is smaller than general + 2*(dim - general) = {rows}, so the "
-                    f"parts cannot be orthogonalised; raise n_{s} to at least {rows}, lower dim, or pass "
+                    f"Option n_{s}={sizes[s]} is not above general + 2*(dim - general) = {rows}, so the "
+                    f"parts cannot be orthogonalised; raise n_{s} to at least {rows + 1}, lower dim, or pass "
                     "orthogonalize=False."
                 )
 

@@ -147,3 +147,15 @@ def _to_tensor(a: np.ndarray, device: torch.device) -> Tensor:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         return torch.from_numpy(a).to(device)
+
+
+def check_model_inputs(table: FeatureTable, spec: dict, checkpoint: str) -> None:
+    """Every input column a checkpoint's model reads exists in ``table`` with the shape it was trained on."""
+    for i in spec["inputs"]:
+        table.require(i["name"], "feature column")
+        shape = table.shape(i["name"])
+        if list(shape) != list(i["shape"]):
+            raise CmkdError(
+                f"{table.name}: column '{i['name']}' has shape {list(shape)} but {checkpoint} expects "
+                f"{list(i['shape'])}; use the table the model was trained on or re-extract features"
+            )

@@ -14,55 +14,15 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from cmkdtool.data.tensors import TensorData
+from cmkdtool.engine.config import TrainConfig
 from cmkdtool.engine.device import autocast
-from cmkdtool.errors import CmkdError, CmkdUsageError
-
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("constant", "step", "cosine")
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation settings shared by every training command (recorded in the checkpoint)."""
-
-    epochs: int = 100
-    batch_size: int | None = 64  # None: full batch
-    optimizer: str = "adamw"
-    lr: float = 1e-3
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    schedule: str = "constant"
-    milestones: list[int] = field(default_factory=list)
-    gamma: float = 0.1
-    warmup_epochs: int = 0
-    select: str = "best"  # best | last
-    clip_grad: float | None = None
-    seed: int = 0
-    precision: str = "fp32"  # resolved: fp32 | bf16 | fp16
-    eval_batch_size: int = 8192
-
-    def validate(self) -> None:
-        if self.epochs < 1:
-            raise CmkdUsageError("--epochs must be at least 1")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise CmkdUsageError("--batch-size must be a positive integer or 'full'")
-        if self.optimizer not in OPTIMIZERS:
-            raise CmkdUsageError(f"unknown optimizer '{self.optimizer}'; choose one of {', '.join(OPTIMIZERS)}")
-        if self.schedule not in SCHEDULES:
-            raise CmkdUsageError(f"unknown schedule '{self.schedule}'; choose one of {', '.join(SCHEDULES)}")
-        if self.select not in ("best", "last"):
-            raise CmkdUsageError(f"--select must be best or last, not '{self.select}'")
-        if self.lr <= 0:
-            raise CmkdUsageError("--lr must be positive")
-        if self.warmup_epochs < 0 or self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:
-            raise CmkdUsageError("--warmup-epochs must be smaller than --epochs")
+from cmkdtool.errors import CmkdError
 
 
 @dataclass
@@ -219,8 +179,24 @@ def selection_key(task: str | None) -> str:
     return "map" if task == "multilabel" else "accuracy"
 
 
-def fit(method: Method, data: TensorData, cfg: TrainConfig, *, quiet: bool = False, desc: str = "train") -> FitResult:
-    """Train ``method`` on the train split of ``data``; select on the val split; return the student's weights."""
+def fit(
+    method: Method,
+    data: TensorData,
+    cfg: TrainConfig,
+    *,
+    quiet: bool = False,
+    desc: str = "train",
+    state_file: str | None = None,
+    resume: bool = False,
+    on_epoch_end: Callable[[int, dict], None] | None = None,
+) -> FitResult:
+    """Train ``method`` on the train split of ``data``; select on the val split; return the student's weights.
+
+    With ``state_file`` the full training state is saved there after every epoch; ``resume`` continues from
+    it, reaching the same weights as an uninterrupted run (bit-identical on the CPU).
+    """
+    from cmkdtool.engine import state as st
+
     cfg.validate()
     device = data.device
     method.to(device)
@@ -250,17 +226,47 @@ def fit(method: Method, data: TensorData, cfg: TrainConfig, *, quiet: bool = Fal
     best_state: dict[str, Tensor] | None = None
     history: list[dict] = []
     best_metrics: dict[str, float] = {}
+    frozen_ids = {id(m) for m in method.frozen_modules()}
+    frozen_prefixes = tuple(f"{n}." for n, m in method.named_modules() if id(m) in frozen_ids)
+    trainable_names = [k for k in method.state_dict() if not k.startswith(frozen_prefixes)]
+    settings = st.fingerprint(
+        {
+            "cfg": cfg.record(),
+            "method": getattr(method, "record", lambda: {})(),
+            "rows": n_train,
+            "names": trainable_names,
+        }
+    )
+    start = 1
+    if resume:
+        tensors, header = st.load_state(state_file)
+        if header.get("fingerprint") != settings:
+            raise CmkdError(f"{state_file}: saved with other settings or data; rerun without --resume")
+        method.load_state_dict(st.prefixed(tensors, "model."), strict=False)
+        st.restore_optimizer(opt, tensors, header)
+        sched.load_state_dict({**sched.state_dict(), **header["scheduler"]})
+        gen.set_state(tensors["rng.perm"])
+        torch.set_rng_state(tensors["rng.torch"])
+        best = st.prefixed(tensors, "best.")
+        best_state = {k: v.to(device) for k, v in best.items()} or None
+        best_score, best_loss, best_epoch = header["best_score"], header["best_loss"], header["best_epoch"]
+        best_metrics, history = header["best_metrics"], header["history"]
+        start = header["epoch"] + 1
+        if not quiet:
+            print(f"note: resuming from {state_file} after epoch {header['epoch']}", file=sys.stderr)
 
     from tqdm.auto import tqdm
 
     bar = tqdm(
-        range(1, cfg.epochs + 1),
+        range(start, cfg.epochs + 1),
         desc=desc,
         unit="epoch",
         file=sys.stderr,
         disable=quiet,
         leave=False,
         dynamic_ncols=True,
+        initial=start - 1,
+        total=cfg.epochs,
     )
     for epoch in bar:
         t0 = time.perf_counter()
@@ -272,9 +278,7 @@ def fit(method: Method, data: TensorData, cfg: TrainConfig, *, quiet: bool = Fal
         for s in range(steps):
             idx = perm[s * bs : (s + 1) * bs]
             batch = Batch(
-                {k: v[idx] for k, v in data.inputs.items()},
-                None if data.target is None else data.target[idx],
-                idx,
+                {k: v[idx] for k, v in data.inputs.items()}, None if data.target is None else data.target[idx], idx
             )
             with autocast(cfg.precision, device):
                 terms = method.training_step(batch)
@@ -299,27 +303,46 @@ def fit(method: Method, data: TensorData, cfg: TrainConfig, *, quiet: bool = Fal
                 sums[k] = sums[k] + d if k in sums else d
         row: dict = {"epoch": epoch, "lr": lr_now}
         row.update({f"train/{k}": float(v) / n_train for k, v in sums.items()})
+        if not math.isfinite(row["train/loss"]):
+            raise CmkdError(
+                f"training diverged at epoch {epoch} (loss {row['train/loss']}); lower --lr or clip gradients"
+            )
         if len(val_idx):
             vm = val_metrics(student, data, val_idx, cfg.precision, cfg.eval_batch_size)
             row.update({f"val/{k}": v for k, v in vm.items()})
-            if not math.isfinite(row["train/loss"]):
-                raise CmkdError(
-                    f"training diverged at epoch {epoch} (loss {row['train/loss']}); lower --lr or clip gradients"
-                )
             score = vm[key] if math.isfinite(vm[key]) else -math.inf  # mAP is NaN without positives
             if select == "best" and (score > best_score or (score == best_score and vm["loss"] < best_loss)):
                 best_score, best_loss, best_epoch = score, vm["loss"], epoch
                 best_state = copy.deepcopy(student.state_dict())
                 best_metrics = {f"val/{k}": v for k, v in vm.items()}
-        elif not math.isfinite(row["train/loss"]):
-            raise CmkdError(f"training diverged at epoch {epoch}; lower --lr or clip gradients")
         row["time_s"] = round(time.perf_counter() - t0, 4)
         history.append(row)
+        if state_file:
+            trainable = {k: v for k, v in method.state_dict().items() if not k.startswith(frozen_prefixes)}
+            st.save_state(
+                state_file,
+                model=trainable,
+                optimizer=opt,
+                scheduler=sched,
+                best=best_state,
+                rng={"perm": gen.get_state(), "torch": torch.get_rng_state()},
+                meta={
+                    "epoch": epoch,
+                    "fingerprint": settings,
+                    "best_score": best_score,
+                    "best_loss": best_loss,
+                    "best_epoch": best_epoch,
+                    "best_metrics": best_metrics,
+                    "history": history,
+                },
+            )
         if not quiet:
             post = {"loss": f"{row['train/loss']:.4f}"}
             if f"val/{key}" in row:
                 post[f"val_{key}"] = f"{row[f'val/{key}']:.4f}"
             bar.set_postfix(post, refresh=False)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, row)
     bar.close()
     final = {k: v for k, v in history[-1].items() if k.startswith(("train/", "val/"))}
     if select == "last" or best_state is None:
@@ -328,4 +351,4 @@ def fit(method: Method, data: TensorData, cfg: TrainConfig, *, quiet: bool = Fal
 
 
 def config_record(cfg: TrainConfig) -> dict:
-    return asdict(cfg)
+    return cfg.record()

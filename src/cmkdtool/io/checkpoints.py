@@ -98,9 +98,7 @@ def load_model(path: str | os.PathLike, device: str = "cpu"):
         missing, unexpected = model.load_state_dict(tensors, strict=False)
     except RuntimeError as e:  # a tensor of the wrong shape
         first = str(e).strip().splitlines()[-1].strip()
-        raise CmkdError(
-            f"{path}: tensors do not match the model its metadata describes ({first}); re-create it"
-        ) from e
+        raise CmkdError(f"{path}: tensors do not match the model its metadata describes ({first}); re-create it") from e
     if missing or unexpected:
         raise CmkdError(
             f"{path}: tensors do not match the model its metadata describes "

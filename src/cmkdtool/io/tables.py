@@ -91,8 +91,7 @@ class FeatureTable:
                 raise CmkdError(f"{self.name}: column '{column}' has unreadable shape metadata: {e}") from e
             if int(np.prod(shape)) != dim:
                 raise CmkdError(
-                    f"{self.name}: column '{column}' shape metadata {list(shape)} does not match its "
-                    f"width {dim}"
+                    f"{self.name}: column '{column}' shape metadata {list(shape)} does not match its width {dim}"
                 )
             return shape
         return (dim,)
@@ -104,9 +103,7 @@ class FeatureTable:
         col = self.table.column(column)
         dim = _column_dim(col, f, self.name)
         if col.null_count:
-            raise CmkdError(
-                f"{self.name}: column '{column}' has {col.null_count} null rows; drop or fill them"
-            )
+            raise CmkdError(f"{self.name}: column '{column}' has {col.null_count} null rows; drop or fill them")
         chunks = col.chunks
         if len(chunks) == 1:
             values = chunks[0].flatten()
@@ -138,9 +135,7 @@ class FeatureTable:
             return "multiclass"
         if "labels" in self.column_names:
             return "multilabel"
-        raise CmkdError(
-            f"{self.name}: no 'label' (int) or 'labels' (list<int>) column; this command needs labels"
-        )
+        raise CmkdError(f"{self.name}: no 'label' (int) or 'labels' (list<int>) column; this command needs labels")
 
     def class_names(self) -> list[str] | None:
         names = self.meta.get("class_names")
@@ -151,9 +146,7 @@ class FeatureTable:
         if self.task() == "multiclass":
             col = self.table.column("label")
             if not pa.types.is_integer(col.type):
-                raise CmkdError(
-                    f"{self.name}: column 'label' must be integer class indices, found {col.type}"
-                )
+                raise CmkdError(f"{self.name}: column 'label' must be integer class indices, found {col.type}")
             if col.null_count:
                 raise CmkdError(f"{self.name}: column 'label' has {col.null_count} null rows; drop them")
             return col.to_numpy().astype(np.int64)
@@ -161,9 +154,7 @@ class FeatureTable:
         if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)) or not pa.types.is_integer(
             col.type.value_type
         ):
-            raise CmkdError(
-                f"{self.name}: column 'labels' must be list<int64> of class indices, found {col.type}"
-            )
+            raise CmkdError(f"{self.name}: column 'labels' must be list<int64> of class indices, found {col.type}")
         if col.null_count:
             raise CmkdError(f"{self.name}: column 'labels' has {col.null_count} null rows; use [] for none")
         return np.asarray([np.asarray(v, dtype=np.int64) for v in col.to_pylist()], dtype=object)
@@ -173,15 +164,11 @@ class FeatureTable:
         if "split" in self.column_names:
             col = self.table.column("split")
             if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
-                raise CmkdError(
-                    f"{self.name}: column 'split' must be strings (train/val/test), found {col.type}"
-                )
+                raise CmkdError(f"{self.name}: column 'split' must be strings (train/val/test), found {col.type}")
             values = np.asarray(col.to_pylist(), dtype=object)
             bad = sorted({str(v) for v in values if v not in SPLITS})
             if bad:
-                raise CmkdError(
-                    f"{self.name}: column 'split' has values {bad[:5]}; allowed are train, val, test"
-                )
+                raise CmkdError(f"{self.name}: column 'split' has values {bad[:5]}; allowed are train, val, test")
             return values
         return hash_split(self.ids(), ratio, seed)
 
@@ -210,6 +197,7 @@ def hash_split(ids: Iterable[str], ratio: Sequence[float] = (0.8, 0.1, 0.1), see
     if r.shape != (3,) or (r < 0).any() or r.sum() <= 0:
         raise CmkdError(f"split ratio must be three non-negative numbers train,val,test; got {list(ratio)}")
     edges = np.cumsum(r / r.sum())
+
     def unit(i: object) -> float:
         digest = hashlib.blake2b(f"{seed}:{i}".encode(), digest_size=8).digest()
         return int.from_bytes(digest, "little") / 2.0**64
@@ -254,16 +242,12 @@ def _read_one(path: str, columns: Sequence[str] | None) -> tuple[pa.Table, pa.Sc
     """The table (only ``columns`` when given) and the full schema of the file."""
     if str(path) == "-":
         if sys.stdin.isatty():
-            raise CmkdError(
-                "'-' reads an Arrow IPC stream from stdin, but stdin is a terminal; pipe a table in"
-            )
+            raise CmkdError("'-' reads an Arrow IPC stream from stdin, but stdin is a terminal; pipe a table in")
         try:
             reader = ipc.open_stream(sys.stdin.buffer)
             table = reader.read_all()
         except pa.ArrowInvalid as e:
-            raise CmkdError(
-                f"<stdin>: not an Arrow IPC stream ({e}); pipe the output of a cmkdtool command"
-            ) from e
+            raise CmkdError(f"<stdin>: not an Arrow IPC stream ({e}); pipe the output of a cmkdtool command") from e
         schema = table.schema
         return (table.select([c for c in columns if c in table.column_names]) if columns else table), schema
     p = Path(path)
@@ -307,8 +291,7 @@ def _check_ids(table: pa.Table, name: str) -> None:
         counts = pa.compute.value_counts(col)
         dup = next(v["values"].as_py() for v in counts if v["counts"].as_py() > 1)
         raise CmkdError(
-            f"{name}: {table.num_rows - n_unique} duplicate ids (e.g. '{dup}'); ids must be unique within "
-            "a table"
+            f"{name}: {table.num_rows - n_unique} duplicate ids (e.g. '{dup}'); ids must be unique within a table"
         )
 
 
@@ -379,8 +362,7 @@ def _join(left: pa.Table, right: pa.Table, owner: dict[str, str], rname: str, no
             if c in RESERVED:
                 if not left.column(c).equals(right.column(c)):
                     raise CmkdError(
-                        f"{rname}: column '{c}' disagrees with {owner[c]} on the same ids; keep it in one "
-                        "table"
+                        f"{rname}: column '{c}' disagrees with {owner[c]} on the same ids; keep it in one table"
                     )
                 continue
             raise CmkdError(f"column '{c}' is in both {owner[c]} and {rname}; rename one of them")

@@ -1,0 +1,220 @@
+"""``cmkdtool distill METHOD``: one subcommand per registered method, options from its dataclass.
+
+The methods (and torch) are imported only when ``distill`` itself runs, so ``cmkdtool --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from typer.core import TyperGroup
+
+from cmkdtool.cli import options as o
+from cmkdtool.cli.common import (
+    DeviceOpt,
+    PrecisionOpt,
+    QuietOpt,
+    SeedOpt,
+    SplitSeedOpt,
+    check_output,
+    command_line,
+    guard,
+    note,
+    parse_floats,
+)
+
+PANEL_METHOD = "Method"
+PANEL_STUDENT = "Student model"
+PANEL_OPT = "Optimisation"
+
+
+def _common_params() -> list:
+    A = Annotated
+    return [
+        o.param(
+            "tables",
+            A[
+                list[str],
+                typer.Argument(help="Feature table(s) with the student's and teacher's columns, joined on id."),
+            ],
+        ),
+        o.param(
+            "teacher",
+            A[str, typer.Option("--teacher", "-t", help="Teacher checkpoint (frozen; reads its own input columns).")],
+        ),
+        o.param(
+            "input",
+            A[list[str], typer.Option("--input", "-i", help="Student input column(s); repeat for a fusion student.")],
+        ),
+        o.param("output", A[str, typer.Option("--output", "-o", help="Student checkpoint to write (.safetensors).")]),
+        o.param(
+            "init",
+            A[
+                str | None,
+                typer.Option(
+                    help="Start the student from this checkpoint instead of from scratch.",
+                    rich_help_panel=PANEL_STUDENT,
+                ),
+            ],
+            None,
+        ),
+        o.param(
+            "resume", A[bool, typer.Option(help="Continue an interrupted run from OUTPUT.state.safetensors.")], False
+        ),
+        o.param(
+            "cache_teacher",
+            A[
+                bool,
+                typer.Option(
+                    "--cache-teacher/--no-cache-teacher",
+                    help="Compute the frozen teacher's outputs once and keep them on the device.",
+                ),
+            ],
+            True,
+        ),
+        o.param(
+            "split_ratio",
+            A[
+                str | None,
+                typer.Option(
+                    help="train,val,test fractions for tables without a 'split' column [default: the teacher's]."
+                ),
+            ],
+            None,
+        ),
+        o.param("split_seed", SplitSeedOpt, None),
+        o.param("device", DeviceOpt, "auto"),
+        o.param("seed", SeedOpt, 0),
+        o.param("precision", PrecisionOpt, "auto"),
+        o.param("quiet", QuietOpt, False),
+    ]
+
+
+def _run(info, kw: dict) -> None:
+    from dataclasses import asdict
+
+    from cmkdtool import __version__
+    from cmkdtool.data.tensors import check_model_inputs, load_tensor_data
+    from cmkdtool.engine.config import ModelOptions, TrainConfig
+    from cmkdtool.engine.device import resolve_device, resolve_precision
+    from cmkdtool.engine.state import state_path
+    from cmkdtool.io.checkpoints import load_model, read_metadata, save_checkpoint
+    from cmkdtool.io.history import write_history
+    from cmkdtool.io.tables import file_sha256, read_tables
+    from cmkdtool.methods.distill import distill
+
+    tables, teacher, output, quiet = kw["tables"], kw["teacher"], kw["output"], kw["quiet"]
+    check_output(output, *tables, teacher)
+    params = o.build(info.params, kw)
+    model_opts = o.build(ModelOptions, kw)
+    cfg = o.build(TrainConfig, kw)
+    dev = resolve_device(kw["device"])
+    cfg.seed, cfg.precision = kw["seed"], resolve_precision(kw["precision"], dev)
+    cfg.validate()
+    tspec, ttrain = read_metadata(teacher)
+    ratio = (
+        parse_floats(kw["split_ratio"], "--split-ratio", 3)
+        if kw["split_ratio"]
+        else ttrain.get("split_ratio", [0.8, 0.1, 0.1])
+    )
+    sseed = kw["split_seed"] if kw["split_seed"] is not None else int(ttrain.get("split_seed", 0))
+    student_inputs = list(dict.fromkeys(kw["input"]))
+    teacher_inputs = [i["name"] for i in tspec["inputs"]]
+    table = read_tables(tables, columns=list(dict.fromkeys(student_inputs + teacher_inputs)))
+    for n in table.notes:
+        note(n, quiet)
+    check_model_inputs(table, tspec, teacher)
+    data = load_tensor_data(
+        table,
+        list(dict.fromkeys(student_inputs + teacher_inputs)),
+        dev,
+        num_classes=int(tspec["num_classes"]),
+        split_ratio=ratio,
+        split_seed=sseed,
+        require_train_classes=True,
+    )
+    init = load_model(kw["init"], dev) if kw["init"] else None
+    student, result = distill(
+        info,
+        params,
+        data,
+        load_model(teacher, dev),
+        student_inputs,
+        model=model_opts,
+        config=cfg,
+        init=init,
+        cache_teacher=kw["cache_teacher"],
+        quiet=quiet,
+        state_file=state_path(output),
+        resume=kw["resume"],
+    )
+    train_meta = {
+        "command": command_line(),
+        "method": info.name,
+        "params": asdict(params),
+        "version": __version__,
+        "config": cfg.record(),
+        "device": str(dev),
+        "split_ratio": ratio,
+        "split_seed": sseed,
+        "teacher": {"path": teacher, "sha256": file_sha256(teacher), "inputs": teacher_inputs},
+        "init": kw["init"],
+        "data": [{"path": t, "sha256": file_sha256(t)} for t in tables],
+        "rows": {s: data.count(s) for s in ("train", "val", "test")},
+        "best_epoch": result.best_epoch,
+        "best_metrics": result.best_metrics,
+        "final_metrics": result.final_metrics,
+    }
+    save_checkpoint(output, student.state_dict(), student.spec, train_meta)
+    write_history(output, result.history)
+    key = "val/map" if data.task == "multilabel" else "val/accuracy"
+    score = result.best_metrics.get(key)
+    summary = (
+        f"{key.split('/')[1]} {score:.4f} on val at epoch {result.best_epoch}" if score is not None else "no val split"
+    )
+    note(f"wrote {output} ({summary}) and {output}.history.jsonl", quiet)
+
+
+def method_command(info) -> typer.core.TyperCommand:
+    """The click command of one registered method."""
+    from cmkdtool.engine.config import ModelOptions, TrainConfig
+
+    params = (
+        _common_params()
+        + o.dataclass_params(info.params, PANEL_METHOD)
+        + o.dataclass_params(ModelOptions, PANEL_STUDENT)
+        + o.dataclass_params(TrainConfig, PANEL_OPT)
+    )
+    doc = (
+        f"{info.summary}\n\nTrains a student on --input columns of TABLES, taught by the frozen --teacher "
+        f"checkpoint. Writes OUTPUT, OUTPUT.history.jsonl and OUTPUT.state.safetensors (for --resume). "
+        f"Equations, defaults and deviations: docs/methods.md#{info.name}."
+    )
+    cmd = o.make_command(lambda kw: _run(info, kw), params, doc)
+    t = typer.Typer(rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]})
+    t.command(info.name, no_args_is_help=True)(guard(cmd))
+    t.command("_unused", hidden=True)(lambda: None)  # keep typer from collapsing a one-command app
+    return typer.main.get_command(t).get_command(None, info.name)
+
+
+class DistillGroup(TyperGroup):
+    """A group whose subcommands come from the method registry, loaded on first use."""
+
+    def list_commands(self, ctx) -> list[str]:
+        from cmkdtool.methods.registry import methods
+
+        return list(methods())
+
+    def get_command(self, ctx, name: str):
+        from cmkdtool.methods.registry import methods
+
+        info = methods().get(name)
+        return None if info is None else method_command(info)
+
+
+app = typer.Typer(
+    cls=DistillGroup,
+    help="Distil a frozen teacher into a student with a registered method (see `cmkdtool distill METHOD --help`).",
+    no_args_is_help=True,
+)

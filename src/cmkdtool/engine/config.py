@@ -1,0 +1,129 @@
+"""Training settings shared by every training command. Torch-free, so the CLI can build options from it.
+
+Each field's metadata holds its help text (with units) and, where the command line spells a value
+differently from Python, ``cli`` (the type typed on the command line) and ``parse`` (text -> value).
+These dataclasses are the single source of the CLI options, their defaults and what the checkpoint records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from cmkdtool.errors import CmkdUsageError
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("constant", "step", "cosine")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def opt(default, help: str, **extra):
+    """A dataclass field carrying its CLI help (and optional ``cli`` type, ``parse`` function, ``flag``)."""
+    meta = {"help": help, **extra}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def parse_ints(text: str, what: str) -> list[int]:
+    text = (text or "").strip()
+    if not text:
+        return []
+    try:
+        return [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError as e:
+        raise CmkdUsageError(f"{what} must be comma-separated integers like 256,128; got '{text}'") from e
+
+
+def parse_batch_size(text: str) -> int | None:
+    if str(text).strip().lower() == "full":
+        return None
+    try:
+        v = int(text)
+    except ValueError as e:
+        raise CmkdUsageError(f"--batch-size must be a positive integer or 'full'; got '{text}'") from e
+    if v < 1:
+        raise CmkdUsageError(f"--batch-size must be a positive integer or 'full'; got '{text}'")
+    return v
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings (recorded in the checkpoint under ``config``)."""
+
+    epochs: int = opt(100, "Training epochs.")
+    batch_size: int | None = opt(
+        64, "Batch size in rows, or 'full' for full-batch training.", cli=str, parse=parse_batch_size
+    )
+    optimizer: str = opt("adamw", "adamw or sgd.")
+    lr: float = opt(1e-3, "Base learning rate.")
+    momentum: float = opt(0.9, "SGD momentum.")
+    nesterov: bool = opt(False, "Nesterov momentum for SGD.")
+    weight_decay: float = opt(0.0, "Weight decay (decoupled for adamw).")
+    schedule: str = opt("constant", "Learning-rate schedule: constant, step or cosine (after warm-up).")
+    milestones: list[int] = opt(
+        [],
+        "Epochs at which 'step' multiplies the rate by --gamma, e.g. 30,60.",
+        cli=str,
+        parse=lambda t: parse_ints(t, "--milestones"),
+    )
+    gamma: float = opt(0.1, "Rate multiplier at each milestone of the 'step' schedule.")
+    warmup_epochs: int = opt(0, "Epochs of linear learning-rate warm-up.")
+    clip_grad: float | None = opt(None, "Clip the global gradient norm to this value (off by default).")
+    select: str = opt("best", "Keep the 'best' epoch on the val split (accuracy, or mAP) or the 'last'.")
+    seed: int = field(default=0, metadata={"cli": None})  # set from --seed
+    precision: str = field(default="fp32", metadata={"cli": None})  # resolved from --precision
+    eval_batch_size: int = field(default=8192, metadata={"cli": None})
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise CmkdUsageError("--epochs must be at least 1")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise CmkdUsageError("--batch-size must be a positive integer or 'full'")
+        if self.optimizer not in OPTIMIZERS:
+            raise CmkdUsageError(f"unknown optimizer '{self.optimizer}'; choose one of {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise CmkdUsageError(f"unknown schedule '{self.schedule}'; choose one of {', '.join(SCHEDULES)}")
+        if self.select not in ("best", "last"):
+            raise CmkdUsageError(f"--select must be best or last, not '{self.select}'")
+        if self.lr <= 0:
+            raise CmkdUsageError("--lr must be positive")
+        if self.warmup_epochs < 0 or (self.warmup_epochs > 0 and self.warmup_epochs >= self.epochs):
+            raise CmkdUsageError("--warmup-epochs must be smaller than --epochs")
+
+    def record(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ModelOptions:
+    """Architecture of a model that cmkdtool trains (pretrain, or a distillation student)."""
+
+    arch: str = opt("mlp", "linear (softmax regression) or mlp.")
+    hidden: list[int] = opt(
+        [256], "Encoder hidden sizes for mlp, comma-separated.", cli=str, parse=lambda t: parse_ints(t, "--hidden")
+    )
+    head_hidden: list[int] = opt(
+        [],
+        "Hidden sizes of the head after fusion ('' = one linear layer).",
+        cli=str,
+        parse=lambda t: parse_ints(t, "--head-hidden"),
+    )
+    activation: str = opt("relu", "relu, leaky_relu, gelu or identity (a linear feature extractor).")
+    dropout: float = opt(0.0, "Dropout probability after hidden layers.")
+    batch_norm: bool = opt(False, "BatchNorm after hidden layers.")
+
+    def spec(self, data, role: str) -> dict:
+        """The JSON model spec (see nn/models.py) for the inputs, classes and task of ``data``."""
+        return {
+            "role": role,
+            "arch": self.arch,
+            "inputs": [{"name": n, "shape": list(data.shapes[n])} for n in data.inputs],
+            "hidden": list(self.hidden) if self.arch == "mlp" else [],
+            "head_hidden": list(self.head_hidden),
+            "activation": self.activation,
+            "dropout": self.dropout,
+            "batch_norm": self.batch_norm,
+            "num_classes": data.num_classes,
+            "task": data.task,
+            "class_names": data.class_names,
+        }

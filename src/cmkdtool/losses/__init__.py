@@ -1,0 +1,15 @@
+"""Distillation losses: small typed pure functions of tensors (the wiring lives in the methods)."""
+
+from cmkdtool.losses.feature import FEATURE_LOSSES, FeatureLoss, feature_cosine, feature_l1, feature_mse
+from cmkdtool.losses.kd import hinton_kd, kd_kl, soft_bce_kd
+
+__all__ = [
+    "FEATURE_LOSSES",
+    "FeatureLoss",
+    "feature_cosine",
+    "feature_l1",
+    "feature_mse",
+    "hinton_kd",
+    "kd_kl",
+    "soft_bce_kd",
+]

@@ -1,0 +1,60 @@
+"""``distill kd``: knowledge distillation on logits (Hinton et al. 2015; MFH Eq. 1 weighting)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from cmkdtool.engine.config import opt
+from cmkdtool.engine.loop import Batch, task_loss
+from cmkdtool.errors import CmkdUsageError
+from cmkdtool.losses import hinton_kd, soft_bce_kd
+from cmkdtool.methods.base import Distiller
+from cmkdtool.methods.registry import register
+
+
+@dataclass
+class KDParams:
+    weighting: str = opt(
+        "hinton",
+        "hinton: ce-weight*CE + kd-weight*T^2*KL(teacher||student); mfh: rho*CE + (1-rho)*T^2*KL (MFH Eq. 1).",
+    )
+    temperature: float | None = opt(None, "Softmax temperature T [default: 4 for hinton, 1 for mfh].")
+    ce_weight: float = opt(0.1, "Weight of the cross-entropy with the labels (hinton weighting).")
+    kd_weight: float = opt(0.9, "Weight of the distillation term (hinton weighting).")
+    rho: float = opt(0.5, "MFH rho in [0, 1]: weight of CE, 1-rho of KL (mfh weighting; paper: 0.5).")
+
+
+@register("kd", KDParams, "Knowledge distillation on the teacher's softened logits (Hinton; MFH Eq. 1).")
+class KD(Distiller):
+    """CE with the labels plus T^2 * KL(softmax(t/T) || softmax(s/T)), batchmean.
+
+    Multi-label tasks use the per-class Bernoulli KL between sigmoid(t/T) and sigmoid(s/T) instead.
+    """
+
+    def __init__(self, student, teacher, params: KDParams, task: str, cache_teacher: bool = True):
+        super().__init__(student, teacher, params, task, cache_teacher)
+        if params.weighting not in ("hinton", "mfh"):
+            raise CmkdUsageError(f"--weighting must be hinton or mfh, not '{params.weighting}'")
+        if not 0.0 <= params.rho <= 1.0:
+            raise CmkdUsageError(f"--rho must lie in [0, 1]; got {params.rho}")
+        self.temperature = params.temperature or (4.0 if params.weighting == "hinton" else 1.0)
+        if self.temperature <= 0:
+            raise CmkdUsageError("--temperature must be positive")
+        if params.weighting == "mfh":
+            self.loss_weights = {"ce": params.rho, "kd": 1.0 - params.rho}
+        else:
+            self.loss_weights = {"ce": params.ce_weight, "kd": params.kd_weight}
+
+    def training_step(self, batch: Batch) -> dict[str, Tensor]:
+        logits = self.student(batch.inputs)
+        teacher = self.teacher_outputs(batch)["logits"]
+        if self.task == "multilabel":
+            kd = self.temperature**2 * soft_bce_kd(logits, teacher, self.temperature)
+        else:
+            kd = hinton_kd(logits, teacher, self.temperature)
+        terms = {"kd": kd}
+        if self.loss_weights["ce"]:
+            terms["ce"] = task_loss(logits, batch.target, self.task)
+        return terms
