@@ -302,7 +302,7 @@ def test_feature_mse_only_collapses_student_weights_to_shared_dimensions(tmp_pat
     linear = ModelOptions(arch="mlp", hidden=[16], activation="identity")
     teacher, _ = pretrain(
         load_tensor_data(table, ["xa"]),
-        **{k: getattr(linear, k) for k in ("arch", "hidden", "activation")},
+        model=linear,
         config=TrainConfig(epochs=100, batch_size=None, lr=0.01),
         quiet=True,
     )
@@ -320,7 +320,7 @@ def test_feature_mse_only_collapses_student_weights_to_shared_dimensions(tmp_pat
         config=TrainConfig(epochs=400, batch_size=None, lr=0.02, select="last"),
     )
     sv = np.linalg.svd(student.encoders["xb"][0].weight.detach().double().numpy(), compute_uv=False)
-    assert sv[general] < 0.05 * sv[general - 1], (general, sv)  # a cliff right after index D_g
+    assert sv[general] < 1e-3 * sv[general - 1], (general, sv)  # a cliff right after index D_g (measured ~1e-7)
     assert sv[general - 1] > 0.05 * sv[0]
 
 

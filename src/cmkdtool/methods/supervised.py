@@ -25,43 +25,38 @@ class Supervised(Method):
 def pretrain(
     data,
     *,
-    arch: str = "mlp",
-    hidden: list[int] | None = None,
-    head_hidden: list[int] | None = None,
-    activation: str = "relu",
-    dropout: float = 0.0,
-    batch_norm: bool = False,
+    model=None,
     role: str = "teacher",
     config=None,
     quiet: bool = False,
+    state_file: str | None = None,
+    resume: bool = False,
+    on_epoch_end=None,
 ):
     """Train a unimodal (one input) or late-fusion (several inputs) model on ``data`` (a TensorData).
 
-    Inputs are standardised with train-split statistics, stored in the model. Returns (model, FitResult)
-    with the selected (best-on-val or last) weights loaded.
+    ``model`` is a ``ModelOptions``. Inputs are standardised with train-split statistics, stored in the model.
+    Returns (model, FitResult) with the selected (best-on-val or last) weights loaded.
     """
-    from cmkdtool.engine.loop import TrainConfig, fit, seed_everything
+    from cmkdtool.engine.config import ModelOptions, TrainConfig
+    from cmkdtool.engine.loop import fit, seed_everything
     from cmkdtool.nn.models import build_model
 
     cfg = config or TrainConfig()
-    spec = {
-        "role": role,
-        "arch": arch,
-        "inputs": [{"name": n, "shape": list(data.shapes[n])} for n in data.inputs],
-        "hidden": list(hidden or []),
-        "head_hidden": list(head_hidden or []),
-        "activation": activation,
-        "dropout": dropout,
-        "batch_norm": batch_norm,
-        "num_classes": data.num_classes,
-        "task": data.task,
-        "class_names": data.class_names,
-    }
     seed_everything(cfg.seed)
-    model = build_model(spec)
+    net = build_model((model or ModelOptions()).spec(data, role=role))
     train_idx = data.index("train")
-    for n in model.input_names:
-        model.norm[n].fit(data.inputs[n][train_idx].flatten(1))
-    result = fit(Supervised(model, data.task), data, cfg, quiet=quiet, desc="pretrain")
-    model.load_state_dict(result.state_dict)
-    return model.eval(), result
+    for n in net.input_names:
+        net.norm[n].fit(data.inputs[n][train_idx].flatten(1))
+    result = fit(
+        Supervised(net, data.task),
+        data,
+        cfg,
+        quiet=quiet,
+        desc="pretrain",
+        state_file=state_file,
+        resume=resume,
+        on_epoch_end=on_epoch_end,
+    )
+    net.load_state_dict(result.state_dict)
+    return net.eval(), result
