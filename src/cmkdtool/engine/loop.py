@@ -13,7 +13,7 @@ import copy
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -25,11 +25,33 @@ from cmkdtool.engine.device import autocast
 from cmkdtool.errors import CmkdError
 
 
+class LazyRows(Mapping):
+    """The rows ``index`` of each column, gathered on first access: a batch never copies columns that the
+    step does not read (e.g. a teacher's input when its outputs are cached)."""
+
+    __slots__ = ("_columns", "_index", "_rows")
+
+    def __init__(self, columns: dict[str, Tensor], index: Tensor) -> None:
+        self._columns, self._index, self._rows = columns, index, {}
+
+    def __getitem__(self, key: str) -> Tensor:
+        rows = self._rows.get(key)
+        if rows is None:
+            rows = self._rows[key] = self._columns[key][self._index]
+        return rows
+
+    def __iter__(self):
+        return iter(self._columns)
+
+    def __len__(self) -> int:
+        return len(self._columns)
+
+
 @dataclass
 class Batch:
     """One training batch: inputs and targets sliced on the device, and the row indices they came from."""
 
-    inputs: dict[str, Tensor]
+    inputs: Mapping[str, Tensor]
     target: Tensor | None
     index: Tensor
 
@@ -277,9 +299,7 @@ def fit(
         sums: dict[str, Tensor] = {}
         for s in range(steps):
             idx = perm[s * bs : (s + 1) * bs]
-            batch = Batch(
-                {k: v[idx] for k, v in data.inputs.items()}, None if data.target is None else data.target[idx], idx
-            )
+            batch = Batch(LazyRows(data.inputs, idx), None if data.target is None else data.target[idx], idx)
             with autocast(cfg.precision, device):
                 terms = method.training_step(batch)
                 loss = sum(method.loss_weights.get(k, 1.0) * v for k, v in terms.items())
