@@ -325,7 +325,7 @@ def spectrum(
                 add(f"{path}:{sp.name}", path, sp)
             continue
 
-        from cmkdtool.data.tensors import load_tensor_data
+        from cmkdtool.data.tensors import check_model_inputs, load_tensor_data
         from cmkdtool.engine.device import resolve_device
         from cmkdtool.io.checkpoints import load_model
         from cmkdtool.io.tables import read_tables
@@ -342,13 +342,7 @@ def spectrum(
             shared = _read_data(data, inputs, kinds)
             for n in shared.notes:
                 note(n, quiet)
-        for i in spec["inputs"]:
-            shape = shared.shape(i["name"])
-            if list(shape) != [int(s) for s in i["shape"]]:
-                raise CmkdError(
-                    f"{shared.name}: column '{i['name']}' has shape {list(shape)} but {path} expects "
-                    f"{list(i['shape'])}; use the table the model was trained on or re-extract features"
-                )
+        check_model_inputs(shared, spec, path)
         ratio = ratio_given or train.get("split_ratio", [0.8, 0.1, 0.1])
         sseed = split_seed if split_seed is not None else int(train.get("split_seed", 0))
         tdata = load_tensor_data(shared, wanted, dev, need_labels=False, split_ratio=ratio, split_seed=sseed)
