@@ -71,7 +71,24 @@ class Method(nn.Module):
         self.loss_weights: dict[str, float] = {}
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
+        """Parameters the engine's optimizer updates (default: every one with requires_grad, minus those that
+        ``param_groups`` or an own optimizer of the method claims)."""
+        own = {id(p) for p in self.own_optimizer_parameters()}
+        return [p for p in self.parameters() if p.requires_grad and id(p) not in own]
+
+    def param_groups(self) -> list[dict]:
+        """Optimizer parameter groups. Default: one group of ``trainable_parameters``. A method may return
+        several, each a dict with ``params`` and optionally ``lr_scale`` (multiplies --lr) and
+        ``weight_decay``; all follow the schedule."""
+        return [{"params": self.trainable_parameters()}]
+
+    def own_optimizer_parameters(self) -> list[nn.Parameter]:
+        """Parameters the method updates itself in ``after_step`` (discriminators, GradNorm weights)."""
+        return []
+
+    def after_step(self, batch: Batch, terms: dict[str, Tensor], step: int) -> None:
+        """Called after every optimizer step: extra updates with the method's own optimizers (adversarial
+        discriminators, GradNorm loss weights). ``terms`` are this step's (detached) loss terms."""
 
     def setup(self, data: TensorData) -> None:
         """Called once before training (e.g. to cache frozen-teacher outputs on the device)."""
@@ -111,7 +128,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD or AdamW over parameter groups; a group's ``lr_scale`` multiplies the base rate."""
+    params = [
+        {k: v for k, v in {**g, "lr": cfg.lr * g.get("lr_scale", 1.0)}.items() if k != "lr_scale"} for g in groups
+    ]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
             params,
@@ -236,10 +257,11 @@ def fit(
     bs = n_train if cfg.batch_size is None else min(cfg.batch_size, n_train)
     steps = math.ceil(n_train / bs)
     method.setup(data)
-    params = method.trainable_parameters()
+    groups = [g for g in method.param_groups() if g["params"]]
+    params = [p for g in groups for p in g["params"]]
     if not params:
         raise CmkdError("nothing to train: the method has no trainable parameters")
-    opt = make_optimizer(params, cfg)
+    opt = make_optimizer(groups, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg, steps))
     scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -317,6 +339,7 @@ def fit(
             else:
                 opt.step()
             sched.step()
+            method.after_step(batch, {k: v.detach() for k, v in terms.items()}, (epoch - 1) * steps + s)
             w = float(len(idx))
             for k, v in (("loss", loss), *terms.items()):
                 d = v.detach().float() * w
