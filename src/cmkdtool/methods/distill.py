@@ -30,7 +30,7 @@ def build_student(data: TensorData, student_inputs: list[str], model: ModelOptio
     student = build_model(model.spec(sub, role="student"))
     train_idx = data.index("train")
     for n in student.input_names:
-        student.norm[n].fit(data.inputs[n][train_idx].flatten(1))
+        student.norm[n].fit(data.inputs[n], train_idx)
     return student
 
 

@@ -47,7 +47,7 @@ def pretrain(
     net = build_model((model or ModelOptions()).spec(data, role=role))
     train_idx = data.index("train")
     for n in net.input_names:
-        net.norm[n].fit(data.inputs[n][train_idx].flatten(1))
+        net.norm[n].fit(data.inputs[n], train_idx)
     result = fit(
         Supervised(net, data.task),
         data,

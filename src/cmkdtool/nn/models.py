@@ -39,10 +39,19 @@ class Standardize(nn.Module):
         self.register_buffer("std", torch.ones(dim))
 
     @torch.no_grad()
-    def fit(self, x: Tensor) -> None:
-        x64 = x.double()
-        mean = x64.mean(0)
-        std = x64.std(0, unbiased=False)
+    def fit(self, x: Tensor, index: Tensor | None = None, chunk: int = 8192) -> None:
+        """Mean and std (population) of rows ``index`` of ``x`` (all rows if None), in float64, by chunks:
+        no full gathered or float64 copy of the data is made (two passes: sum, then centred squares)."""
+        rows = index if index is not None else torch.arange(x.shape[0], device=x.device)
+        n = len(rows)
+        total = torch.zeros(self.mean.shape, dtype=torch.float64, device=x.device)
+        for start in range(0, n, chunk):
+            total += x[rows[start : start + chunk]].flatten(1).double().sum(0)
+        mean = total / max(n, 1)
+        sq = torch.zeros_like(total)
+        for start in range(0, n, chunk):
+            sq += (x[rows[start : start + chunk]].flatten(1).double() - mean).square().sum(0)
+        std = (sq / max(n, 1)).sqrt()
         std = torch.where(std > 1e-8, std, torch.ones_like(std))
         self.mean.copy_(mean.to(self.mean.dtype))
         self.std.copy_(std.to(self.std.dtype))
