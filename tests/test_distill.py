@@ -328,3 +328,61 @@ def test_in_memory_feature_table_is_usable():
     d = synth_orthogonal(dim=8, general=2, n_train=40, n_val=16, n_test=16)
     ft = FeatureTable(build_table(d.ids, {"xa": d.xa, "xb": d.xb}, label=d.label, split=d.split), ["mem"])
     assert load_tensor_data(ft, ["xb"]).num_classes == 2
+
+
+def test_resume_refuses_another_table_or_width(mfh_table, mfh, tmp_path):
+    teacher = load_model(mfh / "teacher.safetensors")
+    info = registry.get("kd")
+    cfg = TrainConfig(epochs=3, batch_size=64)
+    state = str(tmp_path / "s.state")
+    data = _data(mfh_table, ["xa", "xb"])
+    distill(
+        info,
+        info.params(),
+        data,
+        teacher,
+        ["xb"],
+        model=ModelOptions(hidden=[8]),
+        config=cfg,
+        quiet=True,
+        state_file=state,
+    )
+    with pytest.raises(Exception, match="other settings or data"):
+        distill(
+            info,
+            info.params(),
+            data,
+            teacher,
+            ["xb"],
+            model=ModelOptions(hidden=[16]),
+            config=cfg,
+            quiet=True,
+            state_file=state,
+            resume=True,
+        )
+    shifted = data.inputs["xb"] + 1.0  # same rows, other values: other standardisation statistics
+    other = type(data)(**{**data.__dict__, "inputs": {**data.inputs, "xb": shifted}})
+    with pytest.raises(Exception, match="other settings or data"):
+        distill(
+            info,
+            info.params(),
+            other,
+            teacher,
+            ["xb"],
+            model=ModelOptions(hidden=[8]),
+            config=cfg,
+            quiet=True,
+            state_file=state,
+            resume=True,
+        )
+
+
+def test_new_checkpoints_get_umask_permissions(mfh_table, tmp_path):
+    import os
+    import stat
+
+    out = tmp_path / "m.safetensors"
+    run("pretrain", mfh_table, "-i", "xb", "--arch", "linear", "--epochs", "1", "-q", "-o", out)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~mask

@@ -490,6 +490,7 @@ def synth_orthogonal(
         "n": dict(sizes),
         "split_seeds": {"train": train_seed, "val": val_seed, "test": test_seed},
         "seeding": "structure and (when not given) split streams = SeedSequence(seed).spawn(4)",
+        "orthogonalization": "centred Gram-Schmidt per split" if orthogonalize else "none",
     }
     return SynthData(
         xa=np.concatenate(xa_parts, axis=0),

@@ -273,12 +273,15 @@ def fit(
     frozen_ids = {id(m) for m in method.frozen_modules()}
     frozen_prefixes = tuple(f"{n}." for n, m in method.named_modules() if id(m) in frozen_ids)
     trainable_names = [k for k in method.state_dict() if not k.startswith(frozen_prefixes)]
+    start_state = {k: v for k, v in method.state_dict().items() if not k.startswith(frozen_prefixes)}
     settings = st.fingerprint(
         {
             "cfg": cfg.record(),
             "method": getattr(method, "record", lambda: {})(),
             "rows": n_train,
             "names": trainable_names,
+            # the starting weights and input statistics: another table or width is refused, not resumed
+            "start": st.tensor_digest(start_state),
         }
     )
     start = 1

@@ -42,6 +42,12 @@ def check_output_path(path: str | os.PathLike) -> None:
         raise CmkdError(f"{path}: {existing} is a file, not a folder; choose another output path")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed over ``path``, on error removed.
@@ -62,8 +68,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise CmkdError(f"{path}: cannot write here ({e.strerror or e}); choose another output path") from e
     try:
         yield tmp_path
-        with contextlib.suppress(OSError):  # keep the mode of a file being replaced
-            os.chmod(tmp_path, stat.S_IMODE(os.stat(dest).st_mode))
+        with contextlib.suppress(OSError):  # keep the mode of a file being replaced, else 0666 minus umask
+            mode = stat.S_IMODE(os.stat(dest).st_mode) if dest.exists() else 0o666 & ~_umask()
+            os.chmod(tmp_path, mode)
         os.replace(tmp_path, dest)
     except BaseException:
         tmp_path.unlink(missing_ok=True)

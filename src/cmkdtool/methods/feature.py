@@ -59,7 +59,8 @@ class Feature(Distiller):
     def _width(model, layer: str) -> int:
         was = model.training
         model.eval()
-        x = {i["name"]: torch.zeros(2, *i["shape"]) for i in model.spec["inputs"]}
+        device = next(model.parameters()).device
+        x = {i["name"]: torch.zeros(2, *i["shape"], device=device) for i in model.spec["inputs"]}
         _, feats = model.forward_layers(x, [layer])
         model.train(was)
         return feats[layer].shape[1]

@@ -39,7 +39,8 @@ class KD(Distiller):
             raise CmkdUsageError(f"--weighting must be hinton or mfh, not '{params.weighting}'")
         if not 0.0 <= params.rho <= 1.0:
             raise CmkdUsageError(f"--rho must lie in [0, 1]; got {params.rho}")
-        self.temperature = params.temperature or (4.0 if params.weighting == "hinton" else 1.0)
+        default_t = 4.0 if params.weighting == "hinton" else 1.0
+        self.temperature = default_t if params.temperature is None else params.temperature
         if self.temperature <= 0:
             raise CmkdUsageError("--temperature must be positive")
         if params.weighting == "mfh":

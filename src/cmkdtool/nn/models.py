@@ -39,21 +39,30 @@ class Standardize(nn.Module):
         self.register_buffer("std", torch.ones(dim))
 
     @torch.no_grad()
-    def fit(self, x: Tensor, index: Tensor | None = None, chunk: int = 8192) -> None:
-        """Mean and std (population) of rows ``index`` of ``x`` (all rows if None), in float64, by chunks:
-        no full gathered or float64 copy of the data is made (two passes: sum, then centred squares)."""
-        rows = index if index is not None else torch.arange(x.shape[0], device=x.device)
-        n = len(rows)
-        total = torch.zeros(self.mean.shape, dtype=torch.float64, device=x.device)
+    def fit(self, x: Tensor, index: Tensor | None = None, chunk: int = 16384) -> None:
+        """Population mean and std of rows ``index`` of ``x`` (all rows if None), in one pass by chunks.
+
+        Data are shifted by one sample row (so the sum of squares does not cancel), summed per chunk in
+        float32 (torch's pairwise summation) and accumulated in float64. Contiguous rows are read as views;
+        no full copy of the data is made.
+        """
+        n = x.shape[0] if index is None else len(index)
+        if n == 0:
+            return
+        contiguous = index is None or int(index[-1]) - int(index[0]) + 1 == n
+        first = 0 if index is None else int(index[0])
+        shift = (x[first] if contiguous else x[index[0]]).flatten()
+        s1 = torch.zeros(self.mean.shape, dtype=torch.float64, device=x.device)
+        s2 = torch.zeros_like(s1)
         for start in range(0, n, chunk):
-            total += x[rows[start : start + chunk]].flatten(1).double().sum(0)
-        mean = total / max(n, 1)
-        sq = torch.zeros_like(total)
-        for start in range(0, n, chunk):
-            sq += (x[rows[start : start + chunk]].flatten(1).double() - mean).square().sum(0)
-        std = (sq / max(n, 1)).sqrt()
+            rows = x[first + start : first + min(n, start + chunk)] if contiguous else x[index[start : start + chunk]]
+            d = rows.flatten(1) - shift
+            s1 += d.sum(0).double()
+            s2 += d.square().sum(0).double()
+        m1 = s1 / n
+        std = (s2 / n - m1.square()).clamp_min(0).sqrt()
         std = torch.where(std > 1e-8, std, torch.ones_like(std))
-        self.mean.copy_(mean.to(self.mean.dtype))
+        self.mean.copy_((shift.double() + m1).to(self.mean.dtype))
         self.std.copy_(std.to(self.std.dtype))
 
     def forward(self, x: Tensor) -> Tensor:
