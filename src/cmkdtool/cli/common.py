@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from cmkdtool.engine.config import parse_batch_size, parse_ints  # noqa: F401  (re-exported for commands)
 from cmkdtool.errors import CmkdError, CmkdUsageError
 
 DeviceOpt = Annotated[
@@ -46,16 +47,6 @@ def command_line() -> str:
     return shlex.join(["cmkdtool", *sys.argv[1:]])
 
 
-def parse_ints(text: str, what: str) -> list[int]:
-    text = (text or "").strip()
-    if not text:
-        return []
-    try:
-        return [int(t) for t in text.replace(" ", "").split(",") if t]
-    except ValueError as e:
-        raise CmkdUsageError(f"{what} must be comma-separated integers like 256,128; got '{text}'") from e
-
-
 def parse_floats(text: str, what: str, n: int | None = None) -> list[float]:
     try:
         vals = [float(t) for t in text.replace(" ", "").split(",") if t]
@@ -64,18 +55,6 @@ def parse_floats(text: str, what: str, n: int | None = None) -> list[float]:
     if n is not None and len(vals) != n:
         raise CmkdUsageError(f"{what} needs {n} comma-separated numbers; got '{text}'")
     return vals
-
-
-def parse_batch_size(text: str) -> int | None:
-    if text.strip().lower() == "full":
-        return None
-    try:
-        v = int(text)
-    except ValueError as e:
-        raise CmkdUsageError(f"--batch-size must be a positive integer or 'full'; got '{text}'") from e
-    if v < 1:
-        raise CmkdUsageError(f"--batch-size must be a positive integer or 'full'; got '{text}'")
-    return v
 
 
 def check_output(path: str, *inputs: str, stream_ok: bool = False) -> None:
@@ -123,3 +102,30 @@ def guard(func):
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def finish_training(output: str, model, data, result, meta: dict, quiet: bool) -> None:
+    """Write a trained model's checkpoint (with the shared training record) and history; report on stderr."""
+    from cmkdtool import __version__
+    from cmkdtool.io.checkpoints import save_checkpoint
+    from cmkdtool.io.history import write_history
+
+    record = {
+        "command": command_line(),
+        "version": __version__,
+        **meta,
+        "rows": {s: data.count(s) for s in ("train", "val", "test")},
+        "best_epoch": result.best_epoch,
+        "best_metrics": result.best_metrics,
+        "final_metrics": result.final_metrics,
+    }
+    save_checkpoint(output, model.state_dict(), model.spec, record)
+    write_history(output, result.history)
+    key = "val/map" if data.task == "multilabel" else "val/accuracy"
+    score = result.best_metrics.get(key)
+    summary = (
+        f"{key.split('/')[1]} {score:.4f} on val at epoch {result.best_epoch}"
+        if score is not None
+        else (f"train loss {result.final_metrics.get('train/loss', float('nan')):.4f}, no val split")
+    )
+    note(f"wrote {output} ({summary}) and {output}.history.jsonl", quiet)

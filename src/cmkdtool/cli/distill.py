@@ -18,7 +18,7 @@ from cmkdtool.cli.common import (
     SeedOpt,
     SplitSeedOpt,
     check_output,
-    command_line,
+    finish_training,
     guard,
     note,
     parse_floats,
@@ -94,13 +94,11 @@ def _common_params() -> list:
 def _run(info, kw: dict) -> None:
     from dataclasses import asdict
 
-    from cmkdtool import __version__
     from cmkdtool.data.tensors import check_model_inputs, load_tensor_data
     from cmkdtool.engine.config import ModelOptions, TrainConfig
     from cmkdtool.engine.device import resolve_device, resolve_precision
     from cmkdtool.engine.state import state_path
-    from cmkdtool.io.checkpoints import load_model, read_metadata, save_checkpoint
-    from cmkdtool.io.history import write_history
+    from cmkdtool.io.checkpoints import load_model, read_metadata
     from cmkdtool.io.tables import file_sha256, read_tables
     from cmkdtool.methods.distill import distill
 
@@ -149,11 +147,9 @@ def _run(info, kw: dict) -> None:
         state_file=state_path(output),
         resume=kw["resume"],
     )
-    train_meta = {
-        "command": command_line(),
+    meta = {
         "method": info.name,
         "params": asdict(params),
-        "version": __version__,
         "config": cfg.record(),
         "device": str(dev),
         "split_ratio": ratio,
@@ -161,19 +157,8 @@ def _run(info, kw: dict) -> None:
         "teacher": {"path": teacher, "sha256": file_sha256(teacher), "inputs": teacher_inputs},
         "init": kw["init"],
         "data": [{"path": t, "sha256": file_sha256(t)} for t in tables],
-        "rows": {s: data.count(s) for s in ("train", "val", "test")},
-        "best_epoch": result.best_epoch,
-        "best_metrics": result.best_metrics,
-        "final_metrics": result.final_metrics,
     }
-    save_checkpoint(output, student.state_dict(), student.spec, train_meta)
-    write_history(output, result.history)
-    key = "val/map" if data.task == "multilabel" else "val/accuracy"
-    score = result.best_metrics.get(key)
-    summary = (
-        f"{key.split('/')[1]} {score:.4f} on val at epoch {result.best_epoch}" if score is not None else "no val split"
-    )
-    note(f"wrote {output} ({summary}) and {output}.history.jsonl", quiet)
+    finish_training(output, student, data, result, meta, quiet)
 
 
 def method_command(info) -> typer.core.TyperCommand:

@@ -19,7 +19,7 @@ from cmkdtool.cli.common import (
     SplitRatioOpt,
     SplitSeedOpt,
     check_output,
-    command_line,
+    finish_training,
     note,
     parse_floats,
 )
@@ -56,12 +56,9 @@ PARAMS = [
 
 
 def _run(kw: dict) -> None:
-    from cmkdtool import __version__
     from cmkdtool.data.tensors import load_tensor_data
     from cmkdtool.engine.device import resolve_device, resolve_precision
     from cmkdtool.engine.state import state_path
-    from cmkdtool.io.checkpoints import save_checkpoint
-    from cmkdtool.io.history import write_history
     from cmkdtool.io.tables import file_sha256, read_tables
     from cmkdtool.methods.supervised import pretrain as run
 
@@ -87,30 +84,15 @@ def _run(kw: dict) -> None:
     net, result = run(
         data, model=model, role=kw["role"], config=cfg, quiet=quiet, state_file=state_path(output), resume=kw["resume"]
     )
-    train_meta = {
-        "command": command_line(),
+    meta = {
         "method": "supervised",
-        "version": __version__,
         "config": cfg.record(),
         "device": str(dev),
         "split_ratio": ratio,
         "split_seed": kw["split_seed"],
         "data": [{"path": t, "sha256": file_sha256(t)} for t in tables],
-        "rows": {s: data.count(s) for s in ("train", "val", "test")},
-        "best_epoch": result.best_epoch,
-        "best_metrics": result.best_metrics,
-        "final_metrics": result.final_metrics,
     }
-    save_checkpoint(output, net.state_dict(), net.spec, train_meta)
-    write_history(output, result.history)
-    key = "val/map" if data.task == "multilabel" else "val/accuracy"
-    score = result.best_metrics.get(key)
-    summary = (
-        f"{key.split('/')[1]} {score:.4f} on val at epoch {result.best_epoch}"
-        if score is not None
-        else f"train loss {result.final_metrics.get('train/loss', float('nan')):.4f}"
-    )
-    note(f"wrote {output} ({summary}) and {output}.history.jsonl", quiet)
+    finish_training(output, net, data, result, meta, quiet)
 
 
 pretrain = o.make_command(
