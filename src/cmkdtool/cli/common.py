@@ -57,6 +57,31 @@ def parse_floats(text: str, what: str, n: int | None = None) -> list[float]:
     return vals
 
 
+DEFAULT_SPLIT_RATIO = [0.8, 0.1, 0.1]
+
+
+def split_rule(ratio_text: str | None, seed: int | None, record: dict | None = None) -> tuple[list[float], int]:
+    """The id-hash split rule for tables without a 'split' column: what the command line gives, else what a
+    checkpoint's training record used (so eval, spectrum and distill agree with training), else the default."""
+    record = record or {}
+    ratio = (
+        parse_floats(ratio_text, "--split-ratio", 3) if ratio_text else record.get("split_ratio", DEFAULT_SPLIT_RATIO)
+    )
+    return list(ratio), int(seed if seed is not None else record.get("split_seed", 0))
+
+
+def csv_text(rows: list[dict], fields: list[str]) -> str:
+    """Rows as CSV with a header (for --format csv)."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
 def check_output(path: str, *inputs: str, stream_ok: bool = False) -> None:
     """Refuse to overwrite an input with an output, a folder as output, and '-' where no stream is possible."""
     if path == "-":

@@ -21,7 +21,7 @@ from cmkdtool.cli.common import (
     finish_training,
     guard,
     note,
-    parse_floats,
+    split_rule,
 )
 
 PANEL_METHOD = "Method"
@@ -111,12 +111,7 @@ def _run(info, kw: dict) -> None:
     cfg.seed, cfg.precision = kw["seed"], resolve_precision(kw["precision"], dev)
     cfg.validate()
     tspec, ttrain = read_metadata(teacher)
-    ratio = (
-        parse_floats(kw["split_ratio"], "--split-ratio", 3)
-        if kw["split_ratio"]
-        else ttrain.get("split_ratio", [0.8, 0.1, 0.1])
-    )
-    sseed = kw["split_seed"] if kw["split_seed"] is not None else int(ttrain.get("split_seed", 0))
+    ratio, sseed = split_rule(kw["split_ratio"], kw["split_seed"], ttrain)
     student_inputs = list(dict.fromkeys(kw["input"]))
     teacher_inputs = [i["name"] for i in tspec["inputs"]]
     table = read_tables(tables, columns=list(dict.fromkeys(student_inputs + teacher_inputs)))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import sys
 from typing import Annotated
@@ -16,9 +14,10 @@ from cmkdtool.cli.common import (
     QuietOpt,
     SplitSeedOpt,
     check_output,
+    csv_text,
     note,
-    parse_floats,
     parse_ints,
+    split_rule,
 )
 from cmkdtool.errors import CmkdUsageError
 
@@ -59,11 +58,7 @@ def _render(result: dict, fmt: str) -> str:
     if fmt == "jsonl":
         return json.dumps(result) + "\n"
     if fmt == "csv":
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=list(flat), lineterminator="\n")
-        w.writeheader()
-        w.writerow(flat)
-        return buf.getvalue()
+        return csv_text([flat], list(flat))
     keys = [k for k in ORDER if k in flat] + [k for k in flat if k not in ORDER]
     width = max(len(k) for k in keys)
     lines = []
@@ -124,8 +119,7 @@ def evaluate(
     from cmkdtool.io.tables import read_tables
 
     spec, train = read_metadata(checkpoint)
-    ratio = parse_floats(split_ratio, "--split-ratio", 3) if split_ratio else train.get("split_ratio", [0.8, 0.1, 0.1])
-    sseed = split_seed if split_seed is not None else int(train.get("split_seed", 0))
+    ratio, sseed = split_rule(split_ratio, split_seed, train)
     dev = resolve_device(device)
     model = load_model(checkpoint, dev)
     inputs = [i["name"] for i in spec["inputs"]]

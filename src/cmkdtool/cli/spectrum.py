@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import sys
@@ -11,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from cmkdtool.cli.common import DeviceOpt, QuietOpt, check_output, command_line, note, parse_floats
+from cmkdtool.cli.common import DeviceOpt, QuietOpt, check_output, command_line, csv_text, note, split_rule
 from cmkdtool.errors import CmkdError, CmkdUsageError
 
 FORMATS = ("table", "json", "csv")
@@ -82,11 +80,7 @@ def _render(results: list[dict], sigmas: list, fmt: str) -> str:
     if fmt == "json":
         return json.dumps(results, indent=2) + "\n"
     if fmt == "csv":
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=list(KEYS), lineterminator="\n")
-        w.writeheader()
-        w.writerows(results)
-        return buf.getvalue()
+        return csv_text(results, list(KEYS))
     from cmkdtool.analysis.spectrum import sparkline
 
     header = ["input", "n", *NUMBERS, "spectrum (log sigma)"]
@@ -268,7 +262,6 @@ def spectrum(
         raise CmkdUsageError(f"unknown --split '{split}'; choose one of {', '.join(SPLITS)}")
     data = list(data or [])
     columns = list(column or [])
-    ratio_given = parse_floats(split_ratio, "--split-ratio", 3) if split_ratio else None
     sources = [*inputs, *data]
     for out in (plot, output):
         if out is not None:
@@ -306,9 +299,9 @@ def spectrum(
             cols = columns or table.modality_columns()
             if not cols:
                 raise CmkdError(f"{table.name}: no feature column (a list of floats) to analyse")
-            ratio = ratio_given or [0.8, 0.1, 0.1]
+            ratio, sseed = split_rule(split_ratio, split_seed)
             for c in cols:
-                add(f"{table.name}:{c}[{split}]", path, lib.column_spectrum(table, c, split, ratio, split_seed or 0))
+                add(f"{table.name}:{c}[{split}]", path, lib.column_spectrum(table, c, split, ratio, sseed))
             continue
         from cmkdtool.io.checkpoints import read_checkpoint, read_metadata
 
@@ -343,8 +336,7 @@ def spectrum(
             for n in shared.notes:
                 note(n, quiet)
         check_model_inputs(shared, spec, path)
-        ratio = ratio_given or train.get("split_ratio", [0.8, 0.1, 0.1])
-        sseed = split_seed if split_seed is not None else int(train.get("split_seed", 0))
+        ratio, sseed = split_rule(split_ratio, split_seed, train)
         tdata = load_tensor_data(shared, wanted, dev, need_labels=False, split_ratio=ratio, split_seed=sseed)
         add(f"{path}:{name}[{split}]", path, lib.feature_spectrum(model, tdata, name, split))
 

@@ -112,12 +112,12 @@ class ModelOptions:
     dropout: float = opt(0.0, "Dropout probability after hidden layers.")
     batch_norm: bool = opt(False, "BatchNorm after hidden layers.")
 
-    def spec(self, data, role: str) -> dict:
-        """The JSON model spec (see nn/models.py) for the inputs, classes and task of ``data``."""
+    def spec(self, data, role: str, inputs: list[str] | None = None) -> dict:
+        """The JSON model spec (see nn/models.py) for ``inputs`` (default: all) and the classes of ``data``."""
         return {
             "role": role,
             "arch": self.arch,
-            "inputs": [{"name": n, "shape": list(data.shapes[n])} for n in data.inputs],
+            "inputs": [{"name": n, "shape": list(data.shapes[n])} for n in (inputs or list(data.inputs))],
             "hidden": list(self.hidden) if self.arch == "mlp" else [],
             "head_hidden": list(self.head_hidden),
             "activation": self.activation,

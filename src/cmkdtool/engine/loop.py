@@ -180,7 +180,7 @@ def predict(
     logits, embs = [], []
     for start in range(0, len(index), batch_size):
         idx = index[start : start + batch_size]
-        x = {k: v[idx] for k, v in data.inputs.items()}
+        x = LazyRows(data.inputs, idx)  # gathers only the columns the model reads
         with autocast(precision, data.device):
             if embeddings:
                 e = model.embed(x)
@@ -272,14 +272,17 @@ def fit(
     best_metrics: dict[str, float] = {}
     frozen_ids = {id(m) for m in method.frozen_modules()}
     frozen_prefixes = tuple(f"{n}." for n, m in method.named_modules() if id(m) in frozen_ids)
-    trainable_names = [k for k in method.state_dict() if not k.startswith(frozen_prefixes)]
-    start_state = {k: v for k, v in method.state_dict().items() if not k.startswith(frozen_prefixes)}
+
+    def trainable_state() -> dict[str, Tensor]:  # everything but the frozen modules (teachers)
+        return {k: v for k, v in method.state_dict().items() if not k.startswith(frozen_prefixes)}
+
+    start_state = trainable_state()
     settings = st.fingerprint(
         {
             "cfg": cfg.record(),
             "method": getattr(method, "record", lambda: {})(),
             "rows": n_train,
-            "names": trainable_names,
+            "names": list(start_state),
             # the starting weights and input statistics: another table or width is refused, not resumed
             "start": st.tensor_digest(start_state),
         }
@@ -364,10 +367,9 @@ def fit(
         row["time_s"] = round(time.perf_counter() - t0, 4)
         history.append(row)
         if state_file:
-            trainable = {k: v for k, v in method.state_dict().items() if not k.startswith(frozen_prefixes)}
             st.save_state(
                 state_file,
-                model=trainable,
+                model=trainable_state(),
                 optimizer=opt,
                 scheduler=sched,
                 best=best_state,
@@ -394,7 +396,3 @@ def fit(
     if select == "last" or best_state is None:
         best_state, best_epoch, best_metrics = student.state_dict(), cfg.epochs, final
     return FitResult(best_state, best_epoch, history, final, best_metrics)
-
-
-def config_record(cfg: TrainConfig) -> dict:
-    return cfg.record()

@@ -7,7 +7,7 @@ from cmkdtool.engine.config import ModelOptions, TrainConfig
 from cmkdtool.engine.loop import FitResult, fit, seed_everything
 from cmkdtool.errors import CmkdError
 from cmkdtool.methods.registry import MethodInfo
-from cmkdtool.nn.models import CmkdModel, build_model
+from cmkdtool.nn.models import CmkdModel, build_model, new_model
 
 
 def build_student(data: TensorData, student_inputs: list[str], model: ModelOptions, init: CmkdModel | None):
@@ -20,18 +20,7 @@ def build_student(data: TensorData, student_inputs: list[str], model: ModelOptio
         student = build_model({**init.spec, "role": "student"})
         student.load_state_dict(init.state_dict())
         return student
-    sub = TensorData(
-        **{
-            **data.__dict__,
-            "inputs": {k: data.inputs[k] for k in student_inputs},
-            "shapes": {k: data.shapes[k] for k in student_inputs},
-        }
-    )
-    student = build_model(model.spec(sub, role="student"))
-    train_idx = data.index("train")
-    for n in student.input_names:
-        student.norm[n].fit(data.inputs[n], train_idx)
-    return student
+    return new_model(data, model, "student", student_inputs)
 
 
 def distill(

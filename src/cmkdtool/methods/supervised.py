@@ -40,14 +40,11 @@ def pretrain(
     """
     from cmkdtool.engine.config import ModelOptions, TrainConfig
     from cmkdtool.engine.loop import fit, seed_everything
-    from cmkdtool.nn.models import build_model
+    from cmkdtool.nn.models import new_model
 
     cfg = config or TrainConfig()
     seed_everything(cfg.seed)
-    net = build_model((model or ModelOptions()).spec(data, role=role))
-    train_idx = data.index("train")
-    for n in net.input_names:
-        net.norm[n].fit(data.inputs[n], train_idx)
+    net = new_model(data, model or ModelOptions(), role)
     result = fit(
         Supervised(net, data.task),
         data,

@@ -184,3 +184,13 @@ class CmkdModel(nn.Module):
 def build_model(spec: dict) -> CmkdModel:
     """Build an (untrained) model from its spec."""
     return CmkdModel(spec)
+
+
+def new_model(data, options, role: str, inputs: list[str] | None = None) -> CmkdModel:
+    """A fresh model (``options``: engine.config.ModelOptions) on ``inputs`` of ``data`` (a TensorData), its
+    input standardisation fitted on the train rows."""
+    model = build_model(options.spec(data, role, inputs))
+    train_idx = data.index("train")
+    for n in model.input_names:
+        model.norm[n].fit(data.inputs[n], train_idx)
+    return model
