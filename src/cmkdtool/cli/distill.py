@@ -94,6 +94,7 @@ def _common_params() -> list:
 def _run(info, kw: dict) -> None:
     from dataclasses import asdict
 
+    from cmkdtool.data.masks import MaskOptions, apply_mask
     from cmkdtool.data.tensors import check_model_inputs, load_tensor_data
     from cmkdtool.engine.config import ModelOptions, TrainConfig
     from cmkdtool.engine.device import resolve_device, resolve_precision
@@ -107,6 +108,9 @@ def _run(info, kw: dict) -> None:
     params = o.build(info.params, kw)
     model_opts = o.build(ModelOptions, kw)
     cfg = o.build(TrainConfig, kw)
+    mask = o.build(MaskOptions, kw)
+    if mask.mask:
+        mask.validate()
     dev = resolve_device(kw["device"])
     cfg.seed, cfg.precision = kw["seed"], resolve_precision(kw["precision"], dev)
     cfg.validate()
@@ -128,11 +132,15 @@ def _run(info, kw: dict) -> None:
         require_train_classes=True,
     )
     init = load_model(kw["init"], dev) if kw["init"] else None
+    teacher_net = load_model(teacher, dev)
+    applied = apply_mask(teacher_net, mask, cfg.seed, data, what=teacher)
+    if applied:
+        note(f"teacher: masking {len(applied['removed'])} of {applied['dim']} channels of {applied['layer']}", quiet)
     student, result = distill(
         info,
         params,
         data,
-        load_model(teacher, dev),
+        teacher_net,
         student_inputs,
         model=model_opts,
         config=cfg,
@@ -149,7 +157,12 @@ def _run(info, kw: dict) -> None:
         "device": str(dev),
         "split_ratio": ratio,
         "split_seed": sseed,
-        "teacher": {"path": teacher, "sha256": file_sha256(teacher), "inputs": teacher_inputs},
+        "teacher": {
+            "path": teacher,
+            "sha256": file_sha256(teacher),
+            "inputs": teacher_inputs,
+            "mask": teacher_net.spec.get("mask"),
+        },
         "init": kw["init"],
         "data": [{"path": t, "sha256": file_sha256(t)} for t in tables],
     }
@@ -158,6 +171,7 @@ def _run(info, kw: dict) -> None:
 
 def method_command(info) -> typer.core.TyperCommand:
     """The click command of one registered method."""
+    from cmkdtool.data.masks import MaskOptions
     from cmkdtool.engine.config import ModelOptions, TrainConfig
 
     params = (
@@ -165,10 +179,12 @@ def method_command(info) -> typer.core.TyperCommand:
         + o.dataclass_params(info.params, PANEL_METHOD)
         + o.dataclass_params(ModelOptions, PANEL_STUDENT)
         + o.dataclass_params(TrainConfig, PANEL_OPT)
+        + o.dataclass_params(MaskOptions, "Teacher channel mask")
     )
     doc = (
         f"{info.summary}\n\nTrains a student on --input columns of TABLES, taught by the frozen --teacher "
-        f"checkpoint. Writes OUTPUT, OUTPUT.history.jsonl and OUTPUT.state.safetensors (for --resume). "
+        f"checkpoint (with any mask it carries; --mask adds one for this run). "
+        f"Writes OUTPUT, OUTPUT.history.jsonl and OUTPUT.state.safetensors (for --resume). "
         f"Equations, defaults and deviations: docs/methods.md#{info.name}."
     )
     cmd = o.make_command(lambda kw: _run(info, kw), params, doc)

@@ -73,7 +73,7 @@ def _render(result: dict, fmt: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def evaluate(
+def _options(
     checkpoint: Annotated[str, typer.Argument(help="Checkpoint (.safetensors) written by cmkdtool.")],
     tables: Annotated[list[str], typer.Argument(help="Feature table(s) with the model's input columns and labels.")],
     split: Annotated[str, typer.Option(help="Split to evaluate: train, val, test or all.")] = "test",
@@ -97,12 +97,21 @@ def evaluate(
     precision: PrecisionOpt = "auto",
     quiet: QuietOpt = False,
 ) -> None:
-    """Evaluate CHECKPOINT on a split of TABLES and print its metrics to stdout.
+    """The options of ``eval`` (its signature); the channel-mask options are added from ``MaskOptions``."""
 
-    Multi-class: accuracy (= WA), UA (mean per-class recall), top-k, macro/micro precision, recall and F1,
-    confusion matrix. Multi-label: mAP, subset and Hamming accuracy, F1. Retrieval: R@k of split rows
-    (queries) against gallery rows by cosine similarity of the model's embedding.
-    """
+
+def _run(kw: dict) -> None:
+    from cmkdtool.cli import options as o
+    from cmkdtool.data.masks import MaskOptions
+
+    mask = o.build(MaskOptions, kw)
+    _evaluate(mask=mask, **{k: v for k, v in kw.items() if k not in o.names(MaskOptions)})
+
+
+def _evaluate(
+    checkpoint, tables, split, format, predictions, topk, retrieval, gallery, split_ratio, split_seed, device,
+    precision, quiet, mask,
+) -> None:  # fmt: skip
     if format not in FORMATS:
         raise CmkdUsageError(f"unknown --format '{format}'; choose one of {', '.join(FORMATS)}")
     ks = parse_ints(topk, "--topk")
@@ -112,6 +121,7 @@ def evaluate(
         check_output(predictions, checkpoint, *tables)
 
     from cmkdtool.analysis.evaluate import evaluate as run
+    from cmkdtool.data.masks import apply_mask
     from cmkdtool.data.tensors import check_model_inputs, load_tensor_data
     from cmkdtool.engine.device import resolve_device, resolve_precision
     from cmkdtool.errors import CmkdError
@@ -122,6 +132,8 @@ def evaluate(
     ratio, sseed = split_rule(split_ratio, split_seed, train)
     dev = resolve_device(device)
     model = load_model(checkpoint, dev)
+    if mask.mask:
+        mask.validate()
     inputs = [i["name"] for i in spec["inputs"]]
     table = read_tables(tables, columns=inputs)
     for n in table.notes:
@@ -132,6 +144,9 @@ def evaluate(
     )
     if data.task != spec.get("task", data.task):
         raise CmkdError(f"{table.name}: a {data.task} table but {checkpoint} is a {spec.get('task')} model")
+    applied = apply_mask(model, mask, 0, data, what=checkpoint)
+    if applied:
+        note(f"masking {len(applied['removed'])} of {applied['dim']} channels of {applied['layer']}", quiet)
     metrics, scores, rows = run(
         model,
         data,
@@ -142,6 +157,9 @@ def evaluate(
         precision=resolve_precision(precision, dev),
     )
     result = {"checkpoint": checkpoint, "split": split, **metrics}
+    if model.spec.get("mask"):
+        m = model.spec["mask"]
+        result["mask"] = f"{m['keep']} {m['ratio']:g} of {m['layer']}"
     if predictions:
         _write_predictions(predictions, data, rows, scores, checkpoint, split, spec)
         note(f"wrote {predictions} ({len(rows)} rows)", quiet)
@@ -165,3 +183,31 @@ def _write_predictions(path: str, data, rows, scores, checkpoint: str, split: st
         pred = pa.array(scores.argmax(1).astype(np.int64))
         field = pa.field("prediction", pa.int64(), nullable=False)
     write_table(table.add_column(2, field, pred), path)
+
+
+def _build():
+    import inspect
+    import typing
+
+    from cmkdtool.cli import options as o
+    from cmkdtool.data.masks import MaskOptions
+
+    hints = typing.get_type_hints(_options, include_extras=True)
+    params = [
+        p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=hints[p.name])
+        for p in inspect.signature(_options).parameters.values()
+    ]
+    return o.make_command(
+        _run,
+        params + o.dataclass_params(MaskOptions, "Channel mask"),
+        """Evaluate CHECKPOINT on a split of TABLES and print its metrics to stdout.
+
+    Multi-class: accuracy (= WA), UA (mean per-class recall), top-k, macro/micro precision, recall and F1,
+    confusion matrix. Multi-label: mAP, subset and Hamming accuracy, F1. Retrieval: R@k of split rows
+    (queries) against gallery rows by cosine similarity of the model's embedding. A mask stored in the
+    checkpoint is always applied; --mask adds one to a checkpoint without one, for this evaluation only.
+    """,
+    )
+
+
+evaluate = _build()

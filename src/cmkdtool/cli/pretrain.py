@@ -23,6 +23,7 @@ from cmkdtool.cli.common import (
     note,
     parse_floats,
 )
+from cmkdtool.data.masks import MaskOptions
 from cmkdtool.engine.config import ModelOptions, TrainConfig
 
 A = Annotated
@@ -52,6 +53,7 @@ PARAMS = [
     o.param("quiet", QuietOpt, False),
     *o.dataclass_params(ModelOptions, "Model"),
     *o.dataclass_params(TrainConfig, "Optimisation"),
+    *o.dataclass_params(MaskOptions, "Channel mask"),
 ]
 
 
@@ -67,6 +69,9 @@ def _run(kw: dict) -> None:
     ratio = parse_floats(kw["split_ratio"], "--split-ratio", 3)
     model = o.build(ModelOptions, kw)
     cfg = o.build(TrainConfig, kw)
+    mask = o.build(MaskOptions, kw)
+    if mask.mask:
+        mask.validate()
     dev = resolve_device(kw["device"])
     cfg.seed, cfg.precision = kw["seed"], resolve_precision(kw["precision"], dev)
     cfg.validate()
@@ -82,7 +87,14 @@ def _run(kw: dict) -> None:
         require_train_classes=True,
     )
     net, result = run(
-        data, model=model, role=kw["role"], config=cfg, quiet=quiet, state_file=state_path(output), resume=kw["resume"]
+        data,
+        model=model,
+        role=kw["role"],
+        config=cfg,
+        mask=mask,
+        quiet=quiet,
+        state_file=state_path(output),
+        resume=kw["resume"],
     )
     meta = {
         "method": "supervised",
@@ -102,6 +114,8 @@ pretrain = o.make_command(
 
     One --input trains a unimodal model; several train a late-fusion model (an encoder per input,
     concatenation, head). Inputs are standardised with train-split statistics kept in the checkpoint.
+    --mask SALIENCE nullifies channels (MFH modality-general / -specific / random teachers); the mask is
+    stored in the checkpoint and applied wherever it is used afterwards.
     Writes OUTPUT, OUTPUT.history.jsonl (per-epoch losses and val metrics) and OUTPUT.state.safetensors
     (training state for --resume).
     """,

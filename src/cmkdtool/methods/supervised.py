@@ -28,6 +28,7 @@ def pretrain(
     model=None,
     role: str = "teacher",
     config=None,
+    mask=None,
     quiet: bool = False,
     state_file: str | None = None,
     resume: bool = False,
@@ -36,8 +37,10 @@ def pretrain(
     """Train a unimodal (one input) or late-fusion (several inputs) model on ``data`` (a TensorData).
 
     ``model`` is a ``ModelOptions``. Inputs are standardised with train-split statistics, stored in the model.
+    ``mask`` (a ``MaskOptions``) trains it with those channels nullified; the mask is part of the model.
     Returns (model, FitResult) with the selected (best-on-val or last) weights loaded.
     """
+    from cmkdtool.data.masks import apply_mask, fit_mask_fill
     from cmkdtool.engine.config import ModelOptions, TrainConfig
     from cmkdtool.engine.loop import fit, seed_everything
     from cmkdtool.nn.models import new_model
@@ -45,6 +48,8 @@ def pretrain(
     cfg = config or TrainConfig()
     seed_everything(cfg.seed)
     net = new_model(data, model or ModelOptions(), role)
+    if mask is not None:
+        apply_mask(net, mask, cfg.seed, data)
     result = fit(
         Supervised(net, data.task),
         data,
@@ -56,4 +61,5 @@ def pretrain(
         on_epoch_end=on_epoch_end,
     )
     net.load_state_dict(result.state_dict)
+    fit_mask_fill(net, data)  # a mean-filled hidden layer: the exact train mean of the final weights
     return net.eval(), result

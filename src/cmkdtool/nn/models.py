@@ -14,6 +14,8 @@ Spec keys (see docs/formats.md):
   dropout       dropout probability after each hidden activation
   batch_norm    BatchNorm1d after each hidden linear layer
   num_classes, task ("multiclass" | "multilabel"), class_names, role
+  mask          optional channel mask (see ``ChannelMask``): {"layer", "dim", "removed", "fill", ...}; the
+                removed channels of that layer are replaced by zero or by their train mean in every forward
 """
 
 from __future__ import annotations
@@ -69,6 +71,38 @@ class Standardize(nn.Module):
         return (x - self.mean) / self.std
 
 
+MASK_FILLS = ("zero", "mean")
+
+
+class ChannelMask(nn.Module):
+    """Nullify channels of one layer: the removed channels are replaced by a fill value.
+
+    ``fill`` is a buffer: zeros (``'zero'``) or the train-split mean of each channel (``'mean'``, set by
+    ``cmkdtool.data.masks.fit_mask_fill``). With ``running=True`` (a mean-filled intermediate layer of a model in
+    training, whose activations move) training batches use their own (detached) mean, as BatchNorm does, and
+    update the buffer as a running mean; eval mode uses the buffer. Removed channels carry no gradient.
+    """
+
+    def __init__(self, dim: int, removed: list[int], running: bool = False) -> None:
+        super().__init__()
+        keep = torch.ones(dim, dtype=torch.bool)
+        keep[torch.as_tensor(list(removed), dtype=torch.long)] = False
+        self.register_buffer("keep", keep)
+        self.register_buffer("fill", torch.zeros(dim))
+        self.running = running
+        self.enabled = True
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.enabled:
+            return x
+        fill = self.fill
+        if self.training and self.running:
+            fill = x.detach().float().mean(0)
+            with torch.no_grad():
+                self.fill.lerp_(fill, 0.1)
+        return torch.where(self.keep, x, fill.to(x.dtype))
+
+
 def mlp(in_dim: int, hidden: list[int], activation: str, dropout: float, batch_norm: bool) -> nn.Sequential:
     """Linear -> [BatchNorm] -> activation -> [Dropout], for each hidden size."""
     layers: list[nn.Module] = []
@@ -104,6 +138,12 @@ def _validate(spec: dict) -> None:
             raise CmkdError(f"input column name {i['name']!r} cannot be used as a layer name; rename the column")
     if int(spec.get("num_classes", 0)) < 1:
         raise CmkdError("a model needs at least one class")
+    mask = spec.get("mask")
+    if mask is not None:
+        if mask.get("fill") not in MASK_FILLS:
+            raise CmkdUsageError(f"unknown mask fill {mask.get('fill')!r}; choose one of {', '.join(MASK_FILLS)}")
+        if mask.get("layer") == "logits":
+            raise CmkdUsageError("the logits cannot be masked; choose an input or a hidden layer")
 
 
 class CmkdModel(nn.Module):
@@ -129,11 +169,76 @@ class CmkdModel(nn.Module):
             *mlp(self.embed_dim, head_hidden, act, drop, bn),
             nn.Linear(head_hidden[-1] if head_hidden else self.embed_dim, int(spec["num_classes"])),
         )
+        self.channel_mask: ChannelMask | None = None
+        self._mask_handle = None
+        if spec.get("mask") is not None:
+            self.set_mask(spec["mask"])
+
+    # ---- channel masks ------------------------------------------------------------------------------
+    def set_mask(self, mask: dict | None) -> None:
+        """Attach (or with None remove) the channel mask described by ``mask`` and record it in the spec.
+
+        ``mask["layer"]`` is a layer name (``layer_names``): ``input.<col>`` masks the raw input before its
+        standardisation (so the ``'mean'`` fill is the raw train mean and standardises to 0); other layers are
+        masked on their output, as every later layer and ``forward_layers`` see it.
+        """
+        if self._mask_handle is not None:
+            self._mask_handle.remove()
+            self._mask_handle = None
+        self.channel_mask = None
+        self.spec = {k: v for k, v in self.spec.items() if k != "mask"}
+        if mask is None:
+            return
+        layer = mask["layer"]
+        if layer not in self.layer_names() or layer == "logits":
+            raise CmkdError(f"cannot mask layer {layer!r}; layers of this model: {', '.join(self.layer_names()[:-1])}")
+        width = self.layer_width(layer)
+        if int(mask["dim"]) != width:
+            raise CmkdError(f"the mask has {mask['dim']} channels but layer {layer!r} has {width}")
+        running = mask["fill"] == "mean" and not layer.startswith("input.")
+        self.channel_mask = ChannelMask(width, mask["removed"], running).to(self.head[-1].weight.device)
+        if layer.startswith(("encoders.", "head.")):
+            self._mask_handle = dict(self.named_modules())[layer].register_forward_hook(self._mask_hook)
+        self.spec = {**self.spec, "mask": dict(mask)}
+
+    def _mask_hook(self, module: nn.Module, args, output: Tensor) -> Tensor:
+        return self.channel_mask(output)
+
+    def _masked(self, layer: str, x: Tensor) -> Tensor:
+        """``x`` (the output of ``layer``) with the mask applied if the mask sits on that layer."""
+        m = self.channel_mask
+        return m(x) if m is not None and self.spec["mask"]["layer"] == layer else x
+
+    def normed_input(self, name: str, x: Tensor) -> Tensor:
+        """Input column ``name`` (raw rows), masked if the mask is on it, then standardised: ``input.<name>``."""
+        return self.norm[name](self._masked(f"input.{name}", x.flatten(1)))
+
+    def layer_width(self, layer: str) -> int:
+        """Number of channels (features) of a layer's output."""
+        if layer.startswith("input."):
+            return self.input_dims[layer[len("input.") :]]
+        if layer == "embedding":
+            return self.embed_dim
+        if layer == "logits":
+            return int(self.spec["num_classes"])
+        widths = {}
+        for n in self.input_names:
+            d = self.input_dims[n]
+            for i, m in enumerate(self.encoders[n]):
+                d = m.out_features if isinstance(m, nn.Linear) else d
+                widths[f"encoders.{n}.{i}"] = d
+        d = self.embed_dim
+        for i, m in enumerate(self.head):
+            d = m.out_features if isinstance(m, nn.Linear) else d
+            widths[f"head.{i}"] = d
+        if layer not in widths:
+            raise CmkdError(f"unknown layer {layer!r}; layers of this model: {', '.join(self.layer_names())}")
+        return widths[layer]
 
     def embed(self, inputs: dict[str, Tensor]) -> Tensor:
         """The fused embedding (input of the head)."""
-        parts = [self.encoders[n](self.norm[n](inputs[n].flatten(1))) for n in self.input_names]
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        parts = [self.encoders[n](self.normed_input(n, inputs[n])) for n in self.input_names]
+        return self._masked("embedding", parts[0] if len(parts) == 1 else torch.cat(parts, dim=1))
 
     def forward(self, inputs: dict[str, Tensor]) -> Tensor:
         return self.head(self.embed(inputs))
@@ -164,12 +269,12 @@ class CmkdModel(nn.Module):
             if name.startswith(("encoders.", "head.")):
                 hooks.append(modules[name].register_forward_hook(lambda m, i, o, name=name: out.__setitem__(name, o)))
         try:
-            normed = {n: self.norm[n](inputs[n].flatten(1)) for n in self.input_names}
+            normed = {n: self.normed_input(n, inputs[n]) for n in self.input_names}
             for n in self.input_names:
                 if f"input.{n}" in names:
                     out[f"input.{n}"] = normed[n]
             parts = [self.encoders[n](normed[n]) for n in self.input_names]
-            emb = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+            emb = self._masked("embedding", parts[0] if len(parts) == 1 else torch.cat(parts, dim=1))
             logits = self.head(emb)
         finally:
             for h in hooks:

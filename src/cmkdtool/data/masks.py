@@ -1,0 +1,240 @@
+"""Channel masks from a salience table: modality-general, modality-specific and random teachers.
+
+MFH (Xue et al., ICLR 2023), Sec. 5.4 and App. B.4: with the channels sorted by the salience of their
+modality-general decisive information (``cmkdtool rank-salience``), "a modality-general teacher is derived by
+nullifying r% feature channels with smallest salience values. Similarly, a modality-specific teacher is obtained by
+nullifying the r% feature channels with largest salience values and a random teacher is derived by randomly
+nullifying r% channels."
+
+``MaskOptions`` is the single source of the ``--mask/--keep/--ratio/--mask-layer/--fill/--mask-seed`` options of
+``pretrain``, ``distill`` (masks the teacher) and ``eval``. The mask is recorded in the model spec (and so in
+every checkpoint written afterwards) and applied in every forward pass: a teacher trained with a mask carries it
+into ``distill``, ``eval`` and ``spectrum`` with no flag repeated.
+
+The option parsing and channel choice are torch-free; torch is imported only to fit mean fills.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cmkdtool.engine.config import opt
+from cmkdtool.errors import CmkdError, CmkdUsageError
+
+KEEPS = ("general", "specific", "random")
+FILLS = ("zero", "mean")
+SALIENCE_FORMAT = "cmkdtool.salience"
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+@dataclass
+class MaskOptions:
+    """Which channels to nullify (recorded in the model spec under ``mask``)."""
+
+    mask: str | None = opt(None, "Salience table (from rank-salience) that ranks the channels to nullify.")
+    keep: str = opt(
+        "general",
+        "general: nullify the least salient channels (a modality-general teacher); specific: the most "
+        "salient; random: a seeded random choice.",
+    )
+    ratio: float = opt(0.5, "Fraction r of the channels to nullify, in [0, 1).")
+    mask_layer: str | None = opt(None, "Layer to mask [default: the layer the salience table ranks].")
+    fill: str = opt("zero", "Value of nullified channels: zero, or mean (the train-split mean of the channel).")
+    mask_seed: int | None = opt(None, "Seed of --keep random [default: --seed].")
+
+    def validate(self) -> None:
+        if self.keep not in KEEPS:
+            raise CmkdUsageError(f"--keep must be one of {', '.join(KEEPS)}, not '{self.keep}'")
+        if self.fill not in FILLS:
+            raise CmkdUsageError(f"--fill must be one of {', '.join(FILLS)}, not '{self.fill}'")
+        if not (0.0 <= self.ratio < 1.0) or not math.isfinite(self.ratio):
+            raise CmkdUsageError(f"--ratio must lie in [0, 1), got {self.ratio}")
+
+
+@dataclass
+class Salience:
+    """A salience table: one row per channel of one or more (input, layer)s."""
+
+    path: str
+    input: np.ndarray
+    layer: np.ndarray
+    channel: np.ndarray
+    salience: np.ndarray
+    rank: np.ndarray
+    meta: dict
+
+    def layers(self) -> list[str]:
+        return list(dict.fromkeys(self.layer.tolist()))
+
+    def rows(self, layer: str) -> np.ndarray:
+        return np.nonzero(self.layer == layer)[0]
+
+
+def read_salience(path: str) -> Salience:
+    """Read a salience table written by ``cmkdtool rank-salience`` (or any Parquet with its columns)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    p = Path(path)
+    if not p.is_file():
+        raise CmkdError(f"{path}: no such file; give a salience table written by cmkdtool rank-salience")
+    try:
+        table = pq.read_table(p)
+    except (pa.ArrowException, OSError) as e:
+        raise CmkdError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from e
+    need = ("channel", "salience", "rank")
+    missing = [c for c in need if c not in table.column_names]
+    if missing:
+        raise CmkdError(
+            f"{path}: not a salience table (no column {missing[0]!r}); give the output of cmkdtool rank-salience"
+        )
+    raw = (table.schema.metadata or {}).get(b"cmkdtool", b"{}")
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        meta = {}
+    n = table.num_rows
+    default_layer = str(meta.get("layer") or "")
+    col = table.column_names
+    layer = np.asarray(table["layer"].to_pylist() if "layer" in col else [default_layer] * n, dtype=object)
+    inp = np.asarray(table["input"].to_pylist() if "input" in col else [""] * n, dtype=object)
+    sal = np.asarray(table["salience"].to_numpy(zero_copy_only=False), dtype=np.float64)
+    if not np.isfinite(sal).all():
+        raise CmkdError(f"{path}: the salience column holds NaN or inf; re-run rank-salience")
+    return Salience(
+        path=str(path),
+        input=inp,
+        layer=layer,
+        channel=np.asarray(table["channel"].to_numpy(zero_copy_only=False), dtype=np.int64),
+        salience=sal,
+        rank=np.asarray(table["rank"].to_numpy(zero_copy_only=False), dtype=np.int64),
+        meta=meta,
+    )
+
+
+def removed_channels(channels: np.ndarray, rank: np.ndarray, keep: str, ratio: float, seed: int) -> list[int]:
+    """The channels to nullify: ``round(ratio * D)`` of the ``D`` ranked ``channels`` (rank 1 = most salient).
+
+    general removes the largest ranks (least salient), specific the smallest (most salient), random a seeded
+    choice without replacement (``numpy.random.default_rng(seed)``). Returned sorted.
+    """
+    import numpy as np
+
+    d = len(channels)
+    k = int(math.floor(ratio * d + 0.5))
+    if k >= d:
+        raise CmkdUsageError(f"--ratio {ratio} would nullify all {d} channels; lower it")
+    order = channels[np.lexsort((channels, rank))]  # most salient first; ties by channel index
+    if keep == "general":
+        out = order[d - k :]
+    elif keep == "specific":
+        out = order[:k]
+    else:
+        out = np.random.default_rng(seed).choice(channels, size=k, replace=False)
+    return sorted(int(c) for c in out)
+
+
+def mask_spec(options: MaskOptions, model, seed: int) -> dict:
+    """The spec entry (``model.spec['mask']``) that ``options`` describe for ``model`` (a CmkdModel)."""
+    import numpy as np
+
+    from cmkdtool.io.tables import file_sha256
+
+    options.validate()
+    sal = read_salience(options.mask)
+    layer = options.mask_layer
+    if layer is None:
+        layers = sal.layers()
+        mine = [lay for lay in layers if lay in model.layer_names()]
+        if len(mine) != 1:
+            where = f"ranks layers {', '.join(map(repr, layers))}"
+            raise CmkdUsageError(
+                f"{options.mask} {where}; choose the layer of this model with --mask-layer "
+                f"(layers: {', '.join(model.layer_names()[:-1])})"
+            )
+        layer = mine[0]
+    rows = sal.rows(layer)
+    if len(rows) == 0:
+        rows = np.arange(len(sal.channel)) if len(sal.layers()) == 1 else rows
+    if len(rows) == 0:
+        raise CmkdUsageError(f"{options.mask} ranks no channel of layer {layer!r}; pick one of {sal.layers()}")
+    if layer not in model.layer_names() or layer == "logits":
+        raise CmkdUsageError(f"cannot mask layer {layer!r}; layers: {', '.join(model.layer_names()[:-1])}")
+    width = model.layer_width(layer)
+    channels = sal.channel[rows]
+    if sorted(channels.tolist()) != list(range(width)):
+        raise CmkdError(
+            f"{options.mask} ranks {len(channels)} channels but layer {layer!r} of the model has {width}; "
+            "rank the salience of this layer (rank-salience --layer) or pick another --mask-layer"
+        )
+    mseed = seed if options.mask_seed is None else options.mask_seed
+    removed = removed_channels(channels, sal.rank[rows], options.keep, options.ratio, mseed)
+    return {
+        "layer": layer,
+        "dim": width,
+        "removed": removed,
+        "fill": options.fill,
+        "keep": options.keep,
+        "ratio": options.ratio,
+        "seed": mseed if options.keep == "random" else None,
+        "salience": {"path": str(options.mask), "sha256": file_sha256(options.mask)},
+    }
+
+
+def apply_mask(model, options: MaskOptions, seed: int, data=None, what: str = "the model") -> dict | None:
+    """Attach the mask ``options`` describe to ``model`` and fit a mean fill on the train rows of ``data``.
+
+    Returns the spec entry, or None when ``options.mask`` is not set. A model that already carries a mask keeps
+    it: giving another is an error (its weights were trained, or its salience ranked, with the first).
+    """
+    if not options.mask:
+        return None
+    if model.spec.get("mask") is not None:
+        old = model.spec["mask"]
+        raise CmkdUsageError(
+            f"{what} already carries a mask ({old['keep']}, ratio {old['ratio']} on {old['layer']}); "
+            "drop --mask, or give a checkpoint without one"
+        )
+    spec = mask_spec(options, model, seed)
+    model.set_mask(spec)
+    if data is not None:
+        fit_mask_fill(model, data)
+    return spec
+
+
+def fit_mask_fill(model, data, split: str = "train", chunk: int = 8192) -> None:
+    """Set a ``'mean'`` mask's fill to the ``split``-rows mean of its layer's (unmasked) output."""
+    import torch
+
+    mask = model.channel_mask
+    if mask is None or model.spec["mask"]["fill"] != "mean":
+        return
+    layer = model.spec["mask"]["layer"]
+    if layer.startswith("input."):  # the raw train mean: exactly the standardisation mean
+        mask.fill.copy_(model.norm[layer[len("input.") :]].mean)
+        return
+    idx = data.index(split)
+    if len(idx) == 0:
+        raise CmkdError(f"{data.source}: no {split} rows to compute the mask's mean fill; use --fill zero")
+    was = model.training
+    model.eval()
+    mask.enabled = False
+    total = torch.zeros(mask.fill.shape, dtype=torch.float64, device=mask.fill.device)
+    try:
+        with torch.no_grad():
+            for start in range(0, len(idx), chunk):
+                rows = idx[start : start + chunk]
+                x = {n: data.inputs[n][rows] for n in model.input_names}
+                _, feats = model.forward_layers(x, [layer])
+                total += feats[layer].double().sum(0)
+    finally:
+        mask.enabled = True
+        model.train(was)
+    mask.fill.copy_((total / len(idx)).to(mask.fill.dtype))
