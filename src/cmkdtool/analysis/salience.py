@@ -34,7 +34,7 @@ from cmkdtool.errors import CmkdError, CmkdUsageError
 from cmkdtool.losses.alignment import DISTANCES, POINTWISE, logit_distance
 
 NORMALIZE = ("minmax", "max", "none")
-BLOCK_ELEMENTS = 1 << 17  # floats per block of permuted pre-activations (512 KiB: stays in L2)
+BLOCK_ELEMENTS = 1 << 20  # floats per block of permuted pre-activations (4 MiB; measured best on 2 cores)
 
 
 @dataclass
@@ -147,6 +147,21 @@ def _logits(net, data: TensorData, rows: Tensor, chunk: int = 8192) -> Tensor:
         )
 
 
+def _in_place(step):
+    """An activation module as its in-place function (the chain runs on temporaries it owns); else the step.
+    A module with a forward hook (a channel mask) keeps its module call."""
+    if isinstance(step, nn.Module) and step._forward_hooks:
+        return step
+    if isinstance(step, nn.ReLU):
+        return torch.relu_
+    if isinstance(step, nn.LeakyReLU):
+        slope = step.negative_slope
+        return lambda x: nn.functional.leaky_relu_(x, slope)
+    if isinstance(step, nn.Identity | nn.Dropout):  # eval mode
+        return None
+    return step
+
+
 def _run_chain(steps: list, x: Tensor) -> Tensor:
     for s in steps:
         x = s(x)
@@ -202,6 +217,7 @@ def permutation_salience(
             tail = rest[1:]
         else:
             base, tail = z, rest
+        tail = [f for f in map(_in_place, tail) if f is not None]
         width = base.shape[1]
         rows_per = max(1, min(n, block_elements // max(1, width)))
         per_block = max(1, block_elements // (rows_per * width))
@@ -223,7 +239,7 @@ def permutation_salience(
                 r1 = min(n, r0 + rows_per)
                 if rank_one:
                     delta = (moved[:, r0:r1] - zc[:, r0:r1]).unsqueeze(2)  # (B, r, 1)
-                    pre = torch.baddbmm(base[r0:r1].unsqueeze(0), delta, cols[chans].unsqueeze(1))  # (B, r, h)
+                    pre = torch.addcmul(base[r0:r1].unsqueeze(0), delta, cols[chans].unsqueeze(1))  # (B, r, h)
                 else:
                     pre = base[r0:r1].unsqueeze(0).repeat(len(pairs), 1, 1)
                     pre[torch.arange(len(pairs), device=dev)[:, None], torch.arange(r1 - r0, device=dev)[None, :],
