@@ -96,8 +96,9 @@ def main() -> None:
     rel = diff / float(np.abs(ref).max())
     fast, plain = min(fast_times), min(plain_times)
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
-          f"{date.today()}, load {os.getloadavg()[0]:.2f}")  # fmt: skip
+    cpu = platform.processor() or platform.machine()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu}, {date.today()}, "
+          f"load {os.getloadavg()[0]:.2f}")  # fmt: skip
     print(f"d = {d}, n = {n}, M = {args.repeats}, MLP {d}-{args.hidden}-2; plain loop timed on {plain_m} of "
           f"{args.repeats} repeats and scaled")  # fmt: skip
     print()
