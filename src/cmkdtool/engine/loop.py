@@ -25,6 +25,9 @@ from cmkdtool.engine.device import autocast
 from cmkdtool.errors import CmkdError
 
 
+STATE_INTERVAL_S = 10.0  # at most one training-state save per this many seconds (plus the first and last epoch)
+
+
 class LazyRows(Mapping):
     """The rows ``index`` of each column, gathered on first access: a batch never copies columns that the
     step does not read (e.g. a teacher's input when its outputs are cached)."""
@@ -235,8 +238,9 @@ def fit(
 ) -> FitResult:
     """Train ``method`` on the train split of ``data``; select on the val split; return the student's weights.
 
-    With ``state_file`` the full training state is saved there after every epoch; ``resume`` continues from
-    it, reaching the same weights as an uninterrupted run (bit-identical on the CPU).
+    With ``state_file`` the full training state is saved there after an epoch when ``STATE_INTERVAL_S`` seconds
+    have passed since the last save, and after the first and the last epoch (a save per epoch would dominate
+    runs of many tiny epochs); ``resume`` continues from it, reaching the same weights as an uninterrupted run (bit-identical on the CPU).
     """
     from cmkdtool.engine import state as st
 
@@ -318,6 +322,7 @@ def fit(
         initial=start - 1,
         total=cfg.epochs,
     )
+    last_save = time.perf_counter()
     for epoch in bar:
         t0 = time.perf_counter()
         method.train()
@@ -366,7 +371,8 @@ def fit(
                 best_metrics = {f"val/{k}": v for k, v in vm.items()}
         row["time_s"] = round(time.perf_counter() - t0, 4)
         history.append(row)
-        if state_file:
+        if state_file and (epoch in (start, cfg.epochs) or time.perf_counter() - last_save >= STATE_INTERVAL_S):
+            last_save = time.perf_counter()
             st.save_state(
                 state_file,
                 model=trainable_state(),
