@@ -73,6 +73,8 @@ class Salience:
         return list(dict.fromkeys(self.layer.tolist()))
 
     def rows(self, layer: str) -> np.ndarray:
+        import numpy as np
+
         return np.nonzero(self.layer == layer)[0]
 
 
