@@ -76,6 +76,9 @@ def test_quickstart_example_runs(tmp_path):
     assert float(teacher.split()[1]) > 0.85  # the xa teacher, MFH Table 2 setting
     for name in ("baseline", "kd"):
         assert 0.55 < json.loads((tmp_path / f"{name}.metrics.json").read_text())["accuracy"] < 0.8
+    general = next(line for line in res.stdout.splitlines() if line.startswith("general-teacher "))
+    assert 0.6 < float(general.split()[-1]) < 0.85  # 10 of 50 channels kept: below the full teacher, above chance
+    assert "recovered" in res.stdout and "general-kd" in res.stdout
     spectra = json.loads(pq.read_schema(tmp_path / "spectrum.parquet").metadata[b"cmkdtool"])["spectra"]
     ranks = {Path(s["input"].split(":")[0]).stem: s["rank_tol"] for s in spectra}
     assert ranks == {"ortho-baseline": 32, "ortho-feature": 8}  # collapse to D_g = 8 (CIBA Theorem 1)
