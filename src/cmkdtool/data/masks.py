@@ -122,7 +122,7 @@ def read_salience(path: str) -> Salience:
 
 
 def removed_channels(channels: np.ndarray, rank: np.ndarray, keep: str, ratio: float, seed: int) -> list[int]:
-    """The channels to nullify: ``round(ratio * D)`` of the ``D`` ranked ``channels`` (rank 1 = most salient).
+    """The channels to nullify: ``floor(ratio * D + 0.5)`` of the ``D`` ranked ``channels`` (rank 1 = most salient).
 
     general removes the largest ranks (least salient), specific the smallest (most salient), random a seeded
     choice without replacement (``numpy.random.default_rng(seed)``). Returned sorted.
@@ -139,7 +139,7 @@ def removed_channels(channels: np.ndarray, rank: np.ndarray, keep: str, ratio: f
     elif keep == "specific":
         out = order[:k]
     else:
-        out = np.random.default_rng(seed).choice(channels, size=k, replace=False)
+        out = np.random.default_rng(seed).choice(np.sort(channels), size=k, replace=False)  # row order plays no part
     return sorted(int(c) for c in out)
 
 

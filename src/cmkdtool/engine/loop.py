@@ -24,7 +24,6 @@ from cmkdtool.engine.config import TrainConfig
 from cmkdtool.engine.device import autocast
 from cmkdtool.errors import CmkdError
 
-
 STATE_INTERVAL_S = 10.0  # at most one training-state save per this many seconds (plus the first and last epoch)
 
 
@@ -238,9 +237,10 @@ def fit(
 ) -> FitResult:
     """Train ``method`` on the train split of ``data``; select on the val split; return the student's weights.
 
-    With ``state_file`` the full training state is saved there after an epoch when ``STATE_INTERVAL_S`` seconds
-    have passed since the last save, and after the first and the last epoch (a save per epoch would dominate
-    runs of many tiny epochs); ``resume`` continues from it, reaching the same weights as an uninterrupted run (bit-identical on the CPU).
+    With ``state_file`` the full training state is saved there after the first and the last epoch and after an
+    epoch that ends ``STATE_INTERVAL_S`` seconds or more after the previous save (a save per epoch would dominate
+    runs of many tiny epochs); ``resume`` continues from it, reaching the same weights as an uninterrupted run
+    (bit-identical on the CPU).
     """
     from cmkdtool.engine import state as st
 

@@ -192,9 +192,14 @@ class CmkdModel(nn.Module):
         layer = mask["layer"]
         if layer not in self.layer_names() or layer == "logits":
             raise CmkdError(f"cannot mask layer {layer!r}; layers of this model: {', '.join(self.layer_names()[:-1])}")
+        if layer == f"head.{len(self.head) - 1}":
+            raise CmkdError(f"layer {layer!r} is the logits, which cannot be masked; choose an earlier layer")
         width = self.layer_width(layer)
         if int(mask["dim"]) != width:
             raise CmkdError(f"the mask has {mask['dim']} channels but layer {layer!r} has {width}")
+        bad = [c for c in mask["removed"] if not 0 <= int(c) < width]
+        if bad:
+            raise CmkdError(f"the mask removes channel {bad[0]} of layer {layer!r}, which has channels 0..{width - 1}")
         running = mask["fill"] == "mean" and not layer.startswith("input.")
         self.channel_mask = ChannelMask(width, mask["removed"], running).to(self.head[-1].weight.device)
         if layer.startswith(("encoders.", "head.")):
