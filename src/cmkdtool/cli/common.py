@@ -37,6 +37,17 @@ SplitRatioOpt = Annotated[
 SplitSeedOpt = Annotated[int, typer.Option("--split-seed", help="Seed of the id-hash split (see --split-ratio).")]
 
 
+def mask_options(kw: dict):
+    """The ``MaskOptions`` of a command's keyword values, checked early (before any data is read)."""
+    from cmkdtool.cli import options as o
+    from cmkdtool.data.masks import MaskOptions
+
+    mask = o.build(MaskOptions, kw)
+    if mask.mask:
+        mask.validate()
+    return mask
+
+
 def note(msg: str, quiet: bool = False) -> None:
     """A message for the person at the terminal: stderr, never stdout."""
     if not quiet:

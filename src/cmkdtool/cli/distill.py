@@ -20,6 +20,7 @@ from cmkdtool.cli.common import (
     check_output,
     finish_training,
     guard,
+    mask_options,
     note,
     split_rule,
 )
@@ -94,7 +95,7 @@ def _common_params() -> list:
 def _run(info, kw: dict) -> None:
     from dataclasses import asdict
 
-    from cmkdtool.data.masks import MaskOptions, apply_mask
+    from cmkdtool.data.masks import apply_mask
     from cmkdtool.data.tensors import check_model_inputs, load_tensor_data
     from cmkdtool.engine.config import ModelOptions, TrainConfig
     from cmkdtool.engine.device import resolve_device, resolve_precision
@@ -108,9 +109,7 @@ def _run(info, kw: dict) -> None:
     params = o.build(info.params, kw)
     model_opts = o.build(ModelOptions, kw)
     cfg = o.build(TrainConfig, kw)
-    mask = o.build(MaskOptions, kw)
-    if mask.mask:
-        mask.validate()
+    mask = mask_options(kw)
     dev = resolve_device(kw["device"])
     cfg.seed, cfg.precision = kw["seed"], resolve_precision(kw["precision"], dev)
     cfg.validate()

@@ -15,6 +15,7 @@ from cmkdtool.cli.common import (
     SplitSeedOpt,
     check_output,
     csv_text,
+    mask_options,
     note,
     parse_ints,
     split_rule,
@@ -104,8 +105,7 @@ def _run(kw: dict) -> None:
     from cmkdtool.cli import options as o
     from cmkdtool.data.masks import MaskOptions
 
-    mask = o.build(MaskOptions, kw)
-    _evaluate(mask=mask, **{k: v for k, v in kw.items() if k not in o.names(MaskOptions)})
+    _evaluate(mask=mask_options(kw), **{k: v for k, v in kw.items() if k not in o.names(MaskOptions)})
 
 
 def _evaluate(
@@ -132,8 +132,6 @@ def _evaluate(
     ratio, sseed = split_rule(split_ratio, split_seed, train)
     dev = resolve_device(device)
     model = load_model(checkpoint, dev)
-    if mask.mask:
-        mask.validate()
     inputs = [i["name"] for i in spec["inputs"]]
     table = read_tables(tables, columns=inputs)
     for n in table.notes:

@@ -20,6 +20,7 @@ from cmkdtool.cli.common import (
     SplitSeedOpt,
     check_output,
     finish_training,
+    mask_options,
     note,
     parse_floats,
 )
@@ -69,9 +70,7 @@ def _run(kw: dict) -> None:
     ratio = parse_floats(kw["split_ratio"], "--split-ratio", 3)
     model = o.build(ModelOptions, kw)
     cfg = o.build(TrainConfig, kw)
-    mask = o.build(MaskOptions, kw)
-    if mask.mask:
-        mask.validate()
+    mask = mask_options(kw)
     dev = resolve_device(kw["device"])
     cfg.seed, cfg.precision = kw["seed"], resolve_precision(kw["precision"], dev)
     cfg.validate()
