@@ -34,6 +34,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 
 TRAIN = ["--arch", "linear", "--optimizer", "sgd", "--momentum", "0", "--lr", "0.1", "--batch-size", "full",
          "--epochs", "1000", "--select", "last", "--device", "cpu", "-q"]  # fmt: skip
@@ -83,9 +84,7 @@ def table2_job(job: tuple[float, int]) -> dict:
             "--seed", seed, "-o", data, "-q")  # fmt: skip
         cli("pretrain", data, "-i", "xa", *TRAIN, "--seed", seed, "-o", t / "teacher.safetensors")
         cli("rank-salience", data, "-a", "xa", "-b", "xb", *ALIGN, "--seed", seed, "-o", t / "sal.parquet")
-        import pyarrow.parquet as pq
-
-        sal_meta = json.loads(pq.read_table(t / "sal.parquet").schema.metadata[b"cmkdtool"])
+        sal_meta = json.loads(pq.read_schema(t / "sal.parquet").metadata[b"cmkdtool"])
         ratio = 1 - xs2 / 50
         cli("pretrain", data, "-i", "xa", *TRAIN, "--seed", seed, "--mask", t / "sal.parquet", "--keep", "general",
             "--ratio", ratio, "-o", t / "general.safetensors")  # fmt: skip
@@ -115,7 +114,7 @@ def kd_job(job: tuple[str, int, int]) -> dict:
         cli("distill", "kd", data, "-t", t / "teacher.safetensors", "-i", "xb", *KD, *TRAIN, "--seed", seed,
             "-o", t / "kd.safetensors")  # fmt: skip
         accs = {n: accuracy(t / f"{n}.safetensors", data) for n in ("teacher", "nokd", "kd")}
-        meta = json.loads(__import__("pyarrow.parquet").parquet.read_table(data).schema.metadata[b"cmkdtool"])
+        meta = json.loads(pq.read_schema(data).metadata[b"cmkdtool"])
     return {"setting": setting, "value": value, "seed": seed, "gamma": meta["synth"]["gamma"],
             "alpha": meta["synth"]["alpha"], **accs}  # fmt: skip
 

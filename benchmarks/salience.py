@@ -79,6 +79,7 @@ def main() -> None:
 
     class Data:  # what rank_network reads of a TensorData
         inputs = {"x": x}
+        device = x.device
 
     rows = torch.arange(n)
     fast_times, plain_times = [], []

@@ -167,23 +167,26 @@ def test_teacher_is_never_updated_and_cache_equals_recompute(mfh_table, mfh):
     torch.testing.assert_close(method.teacher_outputs(batch)["logits"], teacher(batch.inputs))
 
 
-def test_resume_after_interruption_matches_uninterrupted_run(mfh_table, mfh, tmp_path):
+@pytest.mark.parametrize("interval,saved_epoch", [(0.0, 3), (3600.0, 1)])
+def test_resume_after_interruption_matches_uninterrupted_run(mfh_table, mfh, tmp_path, monkeypatch, interval,
+                                                             saved_epoch):  # fmt: skip
+    """Interrupted after epoch 3 of 6, the run resumes from its last saved epoch to the uninterrupted weights.
+    The state is saved after epoch 1 and then once ``STATE_INTERVAL_S`` has passed: with 0 s after every epoch
+    (resume after epoch 3), with an hour only after epoch 1 (resume after epoch 1)."""
+    from cmkdtool.engine import loop
+    from cmkdtool.engine.state import load_state
+
+    monkeypatch.setattr(loop, "STATE_INTERVAL_S", interval)
     teacher = load_model(mfh / "teacher.safetensors")
     data = _data(mfh_table, ["xa", "xb"])
     info = registry.get("kd")
     model = ModelOptions(hidden=[16], dropout=0.3)  # dropout: the RNG state must be restored too
     cfg = TrainConfig(epochs=6, batch_size=32, lr=0.01, schedule="cosine", warmup_epochs=1)
-    full, full_fit = distill(
-        info,
-        info.params(),
-        data,
-        teacher,
-        ["xb"],
-        model=model,
-        config=cfg,
-        quiet=True,
-        state_file=str(tmp_path / "a.state"),
-    )
+
+    def run(config=cfg, **kw):
+        return distill(info, info.params(), data, teacher, ["xb"], model=model, config=config, quiet=True, **kw)
+
+    full, full_fit = run(state_file=str(tmp_path / "a.state"))
 
     def stop(epoch, row):
         if epoch == 3:
@@ -191,39 +194,15 @@ def test_resume_after_interruption_matches_uninterrupted_run(mfh_table, mfh, tmp
 
     state = str(tmp_path / "b.state")
     with pytest.raises(KeyboardInterrupt):
-        distill(
-            info,
-            info.params(),
-            data,
-            teacher,
-            ["xb"],
-            model=model,
-            config=cfg,
-            quiet=True,
-            state_file=state,
-            on_epoch_end=stop,
-        )
-    resumed, resumed_fit = distill(
-        info, info.params(), data, teacher, ["xb"], model=model, config=cfg, quiet=True, state_file=state, resume=True
-    )
+        run(state_file=state, on_epoch_end=stop)
+    assert load_state(state)[1]["epoch"] == saved_epoch
+    resumed, resumed_fit = run(state_file=state, resume=True)
     for k, v in full.state_dict().items():
         assert torch.equal(v, resumed.state_dict()[k]), k
     assert [r["epoch"] for r in resumed_fit.history] == list(range(1, 7))
     assert resumed_fit.history[-1]["train/loss"] == full_fit.history[-1]["train/loss"]
-    other = TrainConfig(epochs=6, batch_size=32, lr=0.02)
     with pytest.raises(Exception, match="other settings"):
-        distill(
-            info,
-            info.params(),
-            data,
-            teacher,
-            ["xb"],
-            model=model,
-            config=other,
-            quiet=True,
-            state_file=state,
-            resume=True,
-        )
+        run(config=TrainConfig(epochs=6, batch_size=32, lr=0.02), state_file=state, resume=True)
 
 
 def test_feature_distillation_with_projector_cli(mfh_table, mfh):

@@ -56,6 +56,10 @@ def test_logit_distance_errors():
 
 
 class _Data:
+    """What rank_network reads of a TensorData."""
+
+    device = torch.device("cpu")
+
     def __init__(self, **cols):
         self.inputs = cols
 

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from cmkdtool.data.tensors import TensorData
-from cmkdtool.engine.loop import Batch, Method, task_loss
+from cmkdtool.engine.loop import Batch, Method, predict, task_loss
 from cmkdtool.errors import CmkdError, CmkdUsageError
 from cmkdtool.losses.alignment import DISTANCES, POINTWISE, logit_distance
 
@@ -125,26 +125,15 @@ def _stages(net) -> list[tuple[str, object]]:
     return stages
 
 
-def _layer_output(net, data: TensorData, rows: Tensor, layer: str, chunk: int = 8192) -> tuple[Tensor, Tensor]:
-    """(layer output, logits) of ``net`` on ``rows``, float32, chunked, in eval mode."""
-    feats, logits = [], []
+def _layer_output(net, data: TensorData, rows: Tensor, layer: str, chunk: int = 8192) -> Tensor:
+    """The output of ``layer`` of ``net`` on ``rows``, float32, chunked, in eval mode."""
+    parts = []
     with torch.no_grad():
         for start in range(0, len(rows), chunk):
             idx = rows[start : start + chunk]
-            lg, f = net.forward_layers({n: data.inputs[n][idx] for n in net.input_names}, [layer])
-            feats.append(f[layer].float())
-            logits.append(lg.float())
-    return torch.cat(feats), torch.cat(logits)
-
-
-def _logits(net, data: TensorData, rows: Tensor, chunk: int = 8192) -> Tensor:
-    with torch.no_grad():
-        return torch.cat(
-            [
-                net({n: data.inputs[n][rows[s : s + chunk]] for n in net.input_names}).float()
-                for s in range(0, len(rows), chunk)
-            ]
-        )
+            _, feats = net.forward_layers({n: data.inputs[n][idx] for n in net.input_names}, [layer])
+            parts.append(feats[layer].float())
+    return torch.cat(parts)
 
 
 def _in_place(step):
@@ -308,8 +297,8 @@ def rank_network(net_p, net_q, data: TensorData, rows: Tensor, *, layer: str | N
     rest = [step for _, step in stages[k + 1 :] if step is not None]
     if not rest:
         raise CmkdUsageError(f"layer {name!r} is the output; rank an earlier layer")
-    z, _ = _layer_output(net_p, data, rows, name)
-    target = _logits(net_q, data, rows)
+    z = _layer_output(net_p, data, rows, name)
+    target, _ = predict(net_q, data, rows)
     raw = permutation_salience(
         net_p, target, z, rest, repeats=repeats, seed=seed, distance=distance, quiet=quiet,
         desc=f"salience {name}", block_elements=block_elements,

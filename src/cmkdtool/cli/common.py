@@ -37,6 +37,40 @@ SplitRatioOpt = Annotated[
 SplitSeedOpt = Annotated[int, typer.Option("--split-seed", help="Seed of the id-hash split (see --split-ratio).")]
 
 
+def run_params() -> list:
+    """--device, --seed, --precision and --quiet, as every training command declares them."""
+    from cmkdtool.cli import options as o
+
+    return [
+        o.param("device", DeviceOpt, "auto"),
+        o.param("seed", SeedOpt, 0),
+        o.param("precision", PrecisionOpt, "auto"),
+        o.param("quiet", QuietOpt, False),
+    ]
+
+
+def split_params() -> list:
+    """--split-ratio and --split-seed with their defaults (commands that read the split from a checkpoint
+    declare their own)."""
+    from cmkdtool.cli import options as o
+
+    return [o.param("split_ratio", SplitRatioOpt, "0.8,0.1,0.1"), o.param("split_seed", SplitSeedOpt, 0)]
+
+
+def train_setup(kw: dict):
+    """(TrainConfig, device) of a training command: its options, --seed and the resolved --device and
+    --precision, checked before any data is read."""
+    from cmkdtool.cli import options as o
+    from cmkdtool.engine.config import TrainConfig
+    from cmkdtool.engine.device import resolve_device, resolve_precision
+
+    cfg = o.build(TrainConfig, kw)
+    dev = resolve_device(kw["device"])
+    cfg.seed, cfg.precision = kw["seed"], resolve_precision(kw["precision"], dev)
+    cfg.validate()
+    return cfg, dev
+
+
 def mask_options(kw: dict):
     """The ``MaskOptions`` of a command's keyword values, checked early (before any data is read)."""
     from cmkdtool.cli import options as o

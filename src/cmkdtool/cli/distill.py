@@ -12,17 +12,15 @@ from typer.core import TyperGroup
 
 from cmkdtool.cli import options as o
 from cmkdtool.cli.common import (
-    DeviceOpt,
-    PrecisionOpt,
-    QuietOpt,
-    SeedOpt,
     SplitSeedOpt,
     check_output,
     finish_training,
     guard,
     mask_options,
     note,
+    run_params,
     split_rule,
+    train_setup,
 )
 
 PANEL_METHOD = "Method"
@@ -85,10 +83,7 @@ def _common_params() -> list:
             None,
         ),
         o.param("split_seed", SplitSeedOpt, None),
-        o.param("device", DeviceOpt, "auto"),
-        o.param("seed", SeedOpt, 0),
-        o.param("precision", PrecisionOpt, "auto"),
-        o.param("quiet", QuietOpt, False),
+        *run_params(),
     ]
 
 
@@ -97,8 +92,7 @@ def _run(info, kw: dict) -> None:
 
     from cmkdtool.data.masks import apply_mask
     from cmkdtool.data.tensors import check_model_inputs, load_tensor_data
-    from cmkdtool.engine.config import ModelOptions, TrainConfig
-    from cmkdtool.engine.device import resolve_device, resolve_precision
+    from cmkdtool.engine.config import ModelOptions
     from cmkdtool.engine.state import state_path
     from cmkdtool.io.checkpoints import load_model, read_metadata
     from cmkdtool.io.tables import file_sha256, read_tables
@@ -108,11 +102,8 @@ def _run(info, kw: dict) -> None:
     check_output(output, *tables, teacher)
     params = o.build(info.params, kw)
     model_opts = o.build(ModelOptions, kw)
-    cfg = o.build(TrainConfig, kw)
+    cfg, dev = train_setup(kw)
     mask = mask_options(kw)
-    dev = resolve_device(kw["device"])
-    cfg.seed, cfg.precision = kw["seed"], resolve_precision(kw["precision"], dev)
-    cfg.validate()
     tspec, ttrain = read_metadata(teacher)
     ratio, sseed = split_rule(kw["split_ratio"], kw["split_seed"], ttrain)
     student_inputs = list(dict.fromkeys(kw["input"]))

@@ -12,17 +12,14 @@ import typer
 
 from cmkdtool.cli import options as o
 from cmkdtool.cli.common import (
-    DeviceOpt,
-    PrecisionOpt,
-    QuietOpt,
-    SeedOpt,
-    SplitRatioOpt,
-    SplitSeedOpt,
     check_output,
     finish_training,
     mask_options,
     note,
     parse_floats,
+    run_params,
+    split_params,
+    train_setup,
 )
 from cmkdtool.data.masks import MaskOptions
 from cmkdtool.engine.config import ModelOptions, TrainConfig
@@ -46,12 +43,8 @@ PARAMS = [
         "role", A[str, typer.Option(help="Recorded role: teacher or student.", rich_help_panel="Model")], "teacher"
     ),
     o.param("resume", A[bool, typer.Option(help="Continue an interrupted run from OUTPUT.state.safetensors.")], False),
-    o.param("split_ratio", SplitRatioOpt, "0.8,0.1,0.1"),
-    o.param("split_seed", SplitSeedOpt, 0),
-    o.param("device", DeviceOpt, "auto"),
-    o.param("seed", SeedOpt, 0),
-    o.param("precision", PrecisionOpt, "auto"),
-    o.param("quiet", QuietOpt, False),
+    *split_params(),
+    *run_params(),
     *o.dataclass_params(ModelOptions, "Model"),
     *o.dataclass_params(TrainConfig, "Optimisation"),
     *o.dataclass_params(MaskOptions, "Channel mask"),
@@ -60,7 +53,6 @@ PARAMS = [
 
 def _run(kw: dict) -> None:
     from cmkdtool.data.tensors import load_tensor_data
-    from cmkdtool.engine.device import resolve_device, resolve_precision
     from cmkdtool.engine.state import state_path
     from cmkdtool.io.tables import file_sha256, read_tables
     from cmkdtool.methods.supervised import pretrain as run
@@ -69,11 +61,8 @@ def _run(kw: dict) -> None:
     check_output(output, *tables)
     ratio = parse_floats(kw["split_ratio"], "--split-ratio", 3)
     model = o.build(ModelOptions, kw)
-    cfg = o.build(TrainConfig, kw)
+    cfg, dev = train_setup(kw)
     mask = mask_options(kw)
-    dev = resolve_device(kw["device"])
-    cfg.seed, cfg.precision = kw["seed"], resolve_precision(kw["precision"], dev)
-    cfg.validate()
     table = read_tables(tables, columns=list(kw["input"]))
     for n in table.notes:
         note(n, quiet)

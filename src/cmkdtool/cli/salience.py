@@ -10,16 +10,13 @@ import typer
 
 from cmkdtool.cli import options as o
 from cmkdtool.cli.common import (
-    DeviceOpt,
-    PrecisionOpt,
-    QuietOpt,
-    SeedOpt,
-    SplitRatioOpt,
-    SplitSeedOpt,
     check_output,
     command_line,
     note,
     parse_floats,
+    run_params,
+    split_params,
+    train_setup,
 )
 from cmkdtool.engine.config import ModelOptions, TrainConfig
 
@@ -107,12 +104,8 @@ PARAMS = [
         "train",
     ),
     o.param("top", A[int, typer.Option(help="Channels listed at each end of the ranking on stdout (0: none).")], 10),
-    o.param("split_ratio", SplitRatioOpt, "0.8,0.1,0.1"),
-    o.param("split_seed", SplitSeedOpt, 0),
-    o.param("device", DeviceOpt, "auto"),
-    o.param("seed", SeedOpt, 0),
-    o.param("precision", PrecisionOpt, "auto"),
-    o.param("quiet", QuietOpt, False),
+    *split_params(),
+    *run_params(),
     *o.dataclass_params(ModelOptions, "Joint training: networks"),
     *o.dataclass_params(TrainConfig, "Joint training: optimisation"),
 ]
@@ -123,7 +116,6 @@ def _run(kw: dict) -> None:
 
     from cmkdtool.analysis.salience import NORMALIZE, joint_train, rank_network, recovered
     from cmkdtool.data.tensors import check_model_inputs, load_tensor_data
-    from cmkdtool.engine.device import resolve_device, resolve_precision
     from cmkdtool.errors import CmkdUsageError
     from cmkdtool.io.checkpoints import load_model, read_metadata
     from cmkdtool.io.tables import file_sha256, read_tables
@@ -146,7 +138,7 @@ def _run(kw: dict) -> None:
     if kw["repeats"] < 1:
         raise CmkdUsageError("--repeats must be at least 1")
     ratio = parse_floats(kw["split_ratio"], "--split-ratio", 3)
-    dev = resolve_device(kw["device"])
+    cfg, dev = train_setup(kw)  # checked now even when two trained networks make it unused
     table = read_tables(tables, columns=[a, b])
     for n in table.notes:
         note(n, quiet)
@@ -165,9 +157,6 @@ def _run(kw: dict) -> None:
         if data.target is None:
             raise CmkdUsageError(f"{table.name}: no labels for the joint training (Eq. 28); add a label column")
         model = o.build(ModelOptions, kw)
-        cfg = o.build(TrainConfig, kw)
-        cfg.seed, cfg.precision = kw["seed"], resolve_precision(kw["precision"], dev)
-        cfg.validate()
         net_a, net_b, result = joint_train(data, a, b, model=model, config=cfg, distance=kw["distance"], quiet=quiet)
         record["joint_training"] = {
             "model": asdict(model),
@@ -210,15 +199,16 @@ def _run(kw: dict) -> None:
         "data": [{"path": t, "sha256": file_sha256(t)} for t in tables],
         **record,
     }
-    recovery = {}
-    for r in results:
-        shared = truth.get({"xa": "general_a", "xb": "general_b"}.get(r.input, ""), None)
-        if shared is not None and r.layer == f"input.{r.input}":
-            recovery[r.input] = recovered(r, shared)
+    shared = {"xa": truth.get("general_a"), "xb": truth.get("general_b")}  # synth mfh's ground truth
+    recovery = {
+        r.input: (recovered(r, shared[r.input]), len(shared[r.input]))
+        for r in results
+        if shared.get(r.input) is not None and r.layer == f"input.{r.input}"
+    }
     if recovery:
-        meta["recovered_shared"] = recovery
+        meta["recovered_shared"] = {k: v[0] for k, v in recovery.items()}
     _write(output, results, meta)
-    sys.stdout.write(_summary(results, kw["top"], recovery, truth))
+    sys.stdout.write(_summary(results, kw["top"], recovery))
     note(f"wrote {output} ({sum(len(r.raw) for r in results)} channels)", quiet)
 
 
@@ -265,7 +255,9 @@ def _channels(result, idx) -> str:
     return "  ".join(f"{int(i)}:{result.salience[i]:.3f}" for i in idx)
 
 
-def _summary(results: list, top: int, recovery: dict, truth: dict) -> str:
+def _summary(results: list, top: int, recovery: dict) -> str:
+    """The most and least salient channels of each ranked layer and, with ``recovery`` (input -> (share found,
+    number of truly shared channels)), how many of the truly shared channels rank on top."""
     import numpy as np
 
     lines = []
@@ -278,9 +270,9 @@ def _summary(results: list, top: int, recovery: dict, truth: dict) -> str:
             lines.append(f"  most salient   {_channels(r, order[:k])}")
             lines.append(f"  least salient  {_channels(r, order[::-1][:k])}")
         if r.input in recovery:
-            n_true = len(truth["general_a" if r.input == "xa" else "general_b"])
+            found, n_true = recovery[r.input]
             lines.append(
-                f"  recovered {recovery[r.input]:.0%} of the {n_true} truly shared channels among the top {n_true} "
+                f"  recovered {found:.0%} of the {n_true} truly shared channels among the top {n_true} "
                 "(synth ground truth)"
             )
     return "\n".join(lines) + "\n"

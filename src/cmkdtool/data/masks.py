@@ -152,23 +152,22 @@ def mask_spec(options: MaskOptions, model, seed: int) -> dict:
     options.validate()
     sal = read_salience(options.mask)
     layer = options.mask_layer
+    maskable = model.maskable_layers()
     if layer is None:
-        layers = sal.layers()
-        mine = [lay for lay in layers if lay in model.layer_names()]
+        mine = [lay for lay in sal.layers() if lay in maskable]
         if len(mine) != 1:
-            where = f"ranks layers {', '.join(map(repr, layers))}"
             raise CmkdUsageError(
-                f"{options.mask} {where}; choose the layer of this model with --mask-layer "
-                f"(layers: {', '.join(model.layer_names()[:-1])})"
+                f"{options.mask} ranks layers {', '.join(map(repr, sal.layers()))}; choose the layer of this model "
+                f"with --mask-layer (layers: {', '.join(maskable)})"
             )
         layer = mine[0]
+    if layer not in maskable:
+        raise CmkdUsageError(f"cannot mask layer {layer!r}; layers that can be masked: {', '.join(maskable)}")
     rows = sal.rows(layer)
-    if len(rows) == 0:
-        rows = np.arange(len(sal.channel)) if len(sal.layers()) == 1 else rows
+    if len(rows) == 0 and len(sal.layers()) == 1:  # a one-layer table applied to another layer (--mask-layer)
+        rows = np.arange(len(sal.channel))
     if len(rows) == 0:
         raise CmkdUsageError(f"{options.mask} ranks no channel of layer {layer!r}; pick one of {sal.layers()}")
-    if layer not in model.layer_names() or layer == "logits":
-        raise CmkdUsageError(f"cannot mask layer {layer!r}; layers: {', '.join(model.layer_names()[:-1])}")
     width = model.layer_width(layer)
     channels = sal.channel[rows]
     if sorted(channels.tolist()) != list(range(width)):

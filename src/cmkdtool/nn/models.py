@@ -190,10 +190,11 @@ class CmkdModel(nn.Module):
         if mask is None:
             return
         layer = mask["layer"]
-        if layer not in self.layer_names() or layer == "logits":
-            raise CmkdError(f"cannot mask layer {layer!r}; layers of this model: {', '.join(self.layer_names()[:-1])}")
-        if layer == f"head.{len(self.head) - 1}":
-            raise CmkdError(f"layer {layer!r} is the logits, which cannot be masked; choose an earlier layer")
+        if layer not in self.maskable_layers():
+            raise CmkdError(
+                f"cannot mask layer {layer!r} (the logits, or not a layer of this model); "
+                f"layers that can be masked: {', '.join(self.maskable_layers())}"
+            )
         width = self.layer_width(layer)
         if int(mask["dim"]) != width:
             raise CmkdError(f"the mask has {mask['dim']} channels but layer {layer!r} has {width}")
@@ -205,6 +206,10 @@ class CmkdModel(nn.Module):
         if layer.startswith(("encoders.", "head.")):
             self._mask_handle = dict(self.named_modules())[layer].register_forward_hook(self._mask_hook)
         self.spec = {**self.spec, "mask": dict(mask)}
+
+    def maskable_layers(self) -> list[str]:
+        """Layers a channel mask may sit on: every layer but the logits (``logits`` and the last head module)."""
+        return [n for n in self.layer_names() if n not in ("logits", f"head.{len(self.head) - 1}")]
 
     def _mask_hook(self, module: nn.Module, args, output: Tensor) -> Tensor:
         return self.channel_mask(output)
