@@ -10,8 +10,11 @@ import torch
 
 from cmkdtool.losses import (
     FEATURE_LOSSES,
+    feature_ce,
+    feature_clip,
     feature_cosine,
     feature_l1,
+    feature_margin,
     feature_mse,
     hinton_kd,
     kd_kl,
@@ -20,7 +23,9 @@ from cmkdtool.losses import (
 
 LN2, LN3 = math.log(2.0), math.log(3.0)
 KD_LOSSES = [kd_kl, hinton_kd, soft_bce_kd]
-ALL_FEATURE = [feature_mse, feature_l1, feature_cosine]
+ALL_FEATURE = [feature_mse, feature_l1, feature_cosine]  # pointwise: zero when equal
+BATCH_FEATURE = [feature_ce, feature_clip, feature_margin]
+EVERY_FEATURE = ALL_FEATURE + BATCH_FEATURE
 
 
 def _rand(*shape: int, seed: int, dtype: torch.dtype = torch.float64, scale: float = 2.0) -> torch.Tensor:
@@ -266,8 +271,15 @@ def test_feature_losses_match_independent_reference(name, shape):
     assert FEATURE_LOSSES[name](s, t).item() == pytest.approx(ref, rel=1e-10)
 
 
-def test_feature_losses_registry_is_exactly_the_three_functions():
-    assert FEATURE_LOSSES == {"mse": feature_mse, "l1": feature_l1, "cosine": feature_cosine}
+def test_feature_losses_registry_is_exactly_the_six_functions():
+    assert FEATURE_LOSSES == {
+        "mse": feature_mse,
+        "l1": feature_l1,
+        "cosine": feature_cosine,
+        "ce": feature_ce,
+        "clip": feature_clip,
+        "margin": feature_margin,
+    }
 
 
 @pytest.mark.parametrize("fn", ALL_FEATURE)
@@ -294,10 +306,115 @@ def test_feature_cosine_zero_vector_gives_one_and_finite_gradient():
     assert torch.isfinite(s.grad).all()
 
 
+# ---------------------------------------------------------------- ce / clip / margin: hand-derived values
+
+
+def test_feature_ce_hand_value():
+    # t = (0, 0) -> p' = (1/2, 1/2); s = (0, ln 3) -> p = (1/4, 3/4)
+    # CE = -(1/2 ln 1/4 + 1/2 ln 3/4) = 1/2 ln(16/3)
+    s = torch.tensor([[0.0, LN3]], dtype=torch.float64)
+    t = torch.zeros(1, 2, dtype=torch.float64)
+    assert feature_ce(s, t).item() == pytest.approx(0.5 * math.log(16 / 3), rel=1e-12)
+    # T = 2: s/T = (0, ln 3 / 2) -> p = (1, sqrt 3) / (1 + sqrt 3); p' unchanged
+    r3 = math.sqrt(3.0)
+    expected = -(0.5 * math.log(1 / (1 + r3)) + 0.5 * math.log(r3 / (1 + r3)))
+    assert feature_ce(s, t, temperature=2.0).item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_feature_ce_is_minimal_at_the_teacher_with_the_teacher_entropy():
+    t = _rand(4, 6, seed=60)
+    p = torch.softmax(t, 1)
+    entropy = -(p * p.log()).sum(1).mean().item()
+    assert feature_ce(t.clone(), t).item() == pytest.approx(entropy, rel=1e-12)
+    assert feature_ce(t + 3.0, t).item() == pytest.approx(entropy, rel=1e-12)  # softmax is shift-invariant
+    assert feature_ce(_rand(4, 6, seed=61), t).item() > entropy
+
+
+def test_feature_ce_analytic_gradient():
+    # App. E.5: d CE / d s_i = (p_i - p'_i) / (B T)
+    b, temperature = 5, 1.5
+    s = _rand(b, 4, seed=62).requires_grad_(True)
+    t = _rand(b, 4, seed=63)
+    feature_ce(s, t, temperature).backward()
+    expected = (torch.softmax(s.detach() / temperature, 1) - torch.softmax(t / temperature, 1)) / (b * temperature)
+    torch.testing.assert_close(s.grad, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("scale", [1.0, 5.0])
+def test_feature_clip_hand_value(scale):
+    # s = t = I (2 x 2): logits = scale * I; each row's CE = -log(e^k / (e^k + 1)) = log(1 + e^-k), both ways
+    eye = torch.eye(2, dtype=torch.float64)
+    assert feature_clip(eye * 3.0, eye, scale).item() == pytest.approx(math.log1p(math.exp(-scale)), rel=1e-12)
+
+
+def _ref_clip(s: np.ndarray, t: np.ndarray, scale: float) -> float:
+    u = [row / np.linalg.norm(row) for row in s]
+    v = [row / np.linalg.norm(row) for row in t]
+    b = len(u)
+    logit = [[scale * float(np.dot(u[i], v[j])) for j in range(b)] for i in range(b)]
+    rows = [-logit[i][i] + math.log(sum(math.exp(x) for x in logit[i])) for i in range(b)]
+    cols = [-logit[j][j] + math.log(sum(math.exp(logit[i][j]) for i in range(b))) for j in range(b)]
+    return 0.5 * (sum(rows) / b + sum(cols) / b)
+
+
+def _ref_margin(s: np.ndarray, t: np.ndarray, m: float) -> float:
+    def cos(a, b):
+        return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+    b = len(s)
+    total = 0.0
+    for i in range(b):
+        for j in range(b):
+            if i != j:
+                total += 0.5 * max(0.0, m - cos(s[i], t[i]) + cos(s[i], t[j]))  # teacher j outranks teacher i?
+                total += 0.5 * max(0.0, m - cos(s[i], t[i]) + cos(s[j], t[i]))  # student j outranks student i?
+    return total / (b * (b - 1))
+
+
+def test_feature_clip_and_margin_match_independent_references():
+    s, t = _rand(6, 5, seed=64), _rand(6, 5, seed=65)
+    assert feature_clip(s, t, 3.0).item() == pytest.approx(_ref_clip(s.numpy(), t.numpy(), 3.0), rel=1e-10)
+    for m in (0.2, 1.0):
+        assert feature_margin(s, t, m).item() == pytest.approx(_ref_margin(s.numpy(), t.numpy(), m), rel=1e-10)
+
+
+def test_feature_margin_hand_value():
+    # u = (1,0), (0,1); v = (1,0), (1,1)/sqrt2: c = [[1, r], [0, r]], r = 1/sqrt2; m = 0.2
+    # pairs (i, j): (0,1): max(0, .2-1+r) = 0, max(0, .2-1+0) = 0; (1,0): max(0, .2-r+0) = 0, max(0, .2-r+r) = .2
+    # loss = 1/2 * 0.2 / (2 * 1) = 0.05
+    s = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+    t = torch.tensor([[3.0, 0.0], [1.0, 1.0]], dtype=torch.float64)
+    assert feature_margin(s, t, 0.2).item() == pytest.approx(0.05, rel=1e-12)
+    assert feature_margin(s, t, 0.0).item() == pytest.approx(0.0, abs=1e-15)
+
+
+def test_contrastive_losses_are_scale_invariant_and_zero_without_negatives():
+    s, t = _rand(4, 3, seed=66), _rand(4, 3, seed=67)
+    for fn in (feature_clip, feature_margin):
+        assert fn(s * 7.0, t * 0.1).item() == pytest.approx(fn(s, t).item(), rel=1e-10)
+        assert fn(s[:1], t[:1]).item() == 0.0
+
+
+def test_feature_clip_gradient_reaches_a_learnable_scale():
+    s, t = _rand(5, 4, seed=68), _rand(5, 4, seed=69)
+    log_scale = torch.tensor(math.log(1 / 0.07), dtype=torch.float64, requires_grad=True)
+    feature_clip(s, t, log_scale.exp()).backward()
+    assert log_scale.grad is not None and log_scale.grad.abs() > 0
+    assert torch.autograd.gradcheck(lambda k: feature_clip(s, t, k.exp()), (log_scale,), eps=1e-6, atol=1e-7)
+
+
+def test_bad_temperature_and_margin_are_refused():
+    s = _rand(2, 3, seed=70)
+    with pytest.raises(ValueError, match="temperature must be positive"):
+        feature_ce(s, s, temperature=0.0)
+    with pytest.raises(ValueError, match="margin must be non-negative"):
+        feature_margin(s, s, margin=-0.1)
+
+
 # ---------------------------------------------------------------- gradients
 
 
-@pytest.mark.parametrize("fn", KD_LOSSES + ALL_FEATURE, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("fn", KD_LOSSES + EVERY_FEATURE, ids=lambda f: f.__name__)
 def test_gradcheck_wrt_student(fn):
     s = _rand(3, 4, seed=24).requires_grad_(True)
     t = _rand(3, 4, seed=25)
@@ -360,7 +477,7 @@ def test_feature_l1_analytic_gradient():
     torch.testing.assert_close(s.grad, torch.sign(s.detach() - t) / b, rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize("fn", KD_LOSSES + ALL_FEATURE, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("fn", KD_LOSSES + EVERY_FEATURE, ids=lambda f: f.__name__)
 def test_frozen_teacher_needs_no_gradient(fn):
     s = _rand(3, 4, seed=38, dtype=torch.float32).requires_grad_(True)
     t = _rand(3, 4, seed=39, dtype=torch.float32)
@@ -372,7 +489,7 @@ def test_frozen_teacher_needs_no_gradient(fn):
     assert s.grad is not None and torch.isfinite(s.grad).all() and s.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("fn", KD_LOSSES + ALL_FEATURE, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("fn", KD_LOSSES + EVERY_FEATURE, ids=lambda f: f.__name__)
 def test_teacher_is_not_detached(fn):
     # Pure functions: detaching is the method's decision (online / mutual distillation trains both sides).
     s = _rand(3, 4, seed=40)
@@ -384,7 +501,7 @@ def test_teacher_is_not_detached(fn):
 # ---------------------------------------------------------------- precision
 
 
-@pytest.mark.parametrize("fn", KD_LOSSES + ALL_FEATURE, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("fn", KD_LOSSES + EVERY_FEATURE, ids=lambda f: f.__name__)
 def test_bf16_inputs_give_float32_result(fn):
     s = _rand(4, 6, seed=42, dtype=torch.bfloat16)
     t = _rand(4, 6, seed=43, dtype=torch.bfloat16)
@@ -394,7 +511,7 @@ def test_bf16_inputs_give_float32_result(fn):
     torch.testing.assert_close(out, fn(s.float(), t.float()), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("fn", KD_LOSSES + ALL_FEATURE, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("fn", KD_LOSSES + EVERY_FEATURE, ids=lambda f: f.__name__)
 def test_under_bf16_autocast_result_is_float32_and_gradient_flows(fn):
     torch.manual_seed(0)
     layer = torch.nn.Linear(5, 4)
@@ -410,7 +527,7 @@ def test_under_bf16_autocast_result_is_float32_and_gradient_flows(fn):
     assert layer.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("fn", KD_LOSSES + ALL_FEATURE, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("fn", KD_LOSSES + EVERY_FEATURE, ids=lambda f: f.__name__)
 def test_float64_stays_float64(fn):
     assert fn(_rand(2, 3, seed=44), _rand(2, 3, seed=45)).dtype == torch.float64
 
@@ -418,7 +535,7 @@ def test_float64_stays_float64(fn):
 # ---------------------------------------------------------------- errors
 
 
-@pytest.mark.parametrize("fn", ALL_FEATURE, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("fn", EVERY_FEATURE, ids=lambda f: f.__name__)
 def test_feature_shape_mismatch_names_both_shapes_and_the_fix(fn):
     with pytest.raises(ValueError, match=r"student features \(8, 16\) and teacher features \(8, 32\).*projector"):
         fn(torch.zeros(8, 16), torch.zeros(8, 32))
@@ -444,7 +561,7 @@ def test_features_must_have_a_batch_and_feature_dimension(fn):
         fn(torch.zeros(4), torch.zeros(4))
 
 
-@pytest.mark.parametrize("fn", KD_LOSSES + ALL_FEATURE, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("fn", KD_LOSSES + EVERY_FEATURE, ids=lambda f: f.__name__)
 def test_empty_batch_is_rejected(fn):
     with pytest.raises(ValueError, match="empty batch"):
         fn(torch.zeros(0, 3), torch.zeros(0, 3))

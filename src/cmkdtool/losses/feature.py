@@ -10,9 +10,13 @@ both sides decides what to detach.
 
 `FEATURE_LOSSES` is the single place that maps the names used on the command line to these functions.
 
+Contrastive losses (`feature_clip`, `feature_margin`) compare every student row with every teacher row of the
+batch, so they depend on the batch composition by nature; a batch of one row has no negatives and gives 0.
+
 Reference:
     "Understanding Dimensional Collapse in Cross-Modal Feature Distillation" (CIBA), Eq. 1:
-    L_FD = 1/2 * sum_{i=1..N} ||W' x'_i - W x_i||_2^2.
+    L_FD = 1/2 * sum_{i=1..N} ||W' x'_i - W x_i||_2^2; App. E.5 (cross-entropy between features);
+    Table 1 (CLIP and Margin losses as base losses).
 """
 
 from __future__ import annotations
@@ -23,7 +27,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["FEATURE_LOSSES", "FeatureLoss", "feature_cosine", "feature_l1", "feature_mse"]
+__all__ = [
+    "FEATURE_LOSSES",
+    "FeatureLoss",
+    "feature_ce",
+    "feature_clip",
+    "feature_cosine",
+    "feature_l1",
+    "feature_margin",
+    "feature_mse",
+]
 
 FeatureLoss = Callable[[Tensor, Tensor], Tensor]
 
@@ -95,8 +108,91 @@ def feature_cosine(student: Tensor, teacher: Tensor) -> Tensor:
     return (1.0 - F.cosine_similarity(s, t, dim=1, eps=COSINE_EPS)).mean()
 
 
+def feature_ce(student: Tensor, teacher: Tensor, temperature: float = 1.0) -> Tensor:
+    """Cross-entropy between softmax-normalised features, averaged over the batch (CIBA App. E.5).
+
+    ``p'_i = softmax(t_i / T)``, ``p_i = softmax(s_i / T)`` over the feature dimensions; the loss is
+    (1 / B) * sum_i -<p'_i, log p_i>. Its gradient with respect to ``s_i`` is (p_i - p'_i) / (B T), the one
+    App. E.5 derives (for T = 1). It is the cross-entropy, not the KL divergence: the two differ by the
+    teacher's entropy, a constant for a frozen teacher, so the gradients are equal and only the reported value
+    differs (its minimum is the teacher's entropy, not 0). No T^2 factor (T = 1 in the paper).
+
+    Args:
+        student: (B, ...) student features (after any projector).
+        teacher: (B, ...) teacher or bottleneck features, same shape.
+        temperature: T > 0.
+
+    Returns and raises as `feature_mse` (and ValueError for T <= 0).
+    """
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    s, t = _flat_pair(student, teacher)
+    p_t = torch.softmax(t / temperature, dim=1)
+    return -(p_t * torch.log_softmax(s / temperature, dim=1)).sum(dim=1).mean()
+
+
+def _logit_scale(scale: Tensor | float, like: Tensor) -> Tensor:
+    scale = torch.as_tensor(scale, device=like.device)
+    return scale.to(like.dtype)
+
+
+def _cosine_matrix(s: Tensor, t: Tensor) -> Tensor:
+    """``c_ij = cos(s_i, t_j)`` in the inputs' (float32/64) dtype, also under autocast (no bf16 matmul)."""
+    with torch.autocast(s.device.type, enabled=False):
+        return F.normalize(s, dim=1, eps=COSINE_EPS) @ F.normalize(t, dim=1, eps=COSINE_EPS).T
+
+
+def feature_clip(student: Tensor, teacher: Tensor, logit_scale: Tensor | float = 1.0 / 0.07) -> Tensor:
+    """Symmetric InfoNCE over the batch (CLIP, Radford et al. 2021), the 'CLIP' base loss of CIBA Table 1.
+
+    With unit-normalised rows ``u_i = s_i / ||s_i||`` and ``v_j = t_j / ||t_j||`` and logits
+    ``L_ij = scale * <u_i, v_j>`` (scale = 1 / tau)::
+
+        loss = 1/2 * [ (1/B) sum_i -log softmax_j(L_ij)[i]  +  (1/B) sum_j -log softmax_i(L_ij)[j] ]
+
+    Row i of the teacher batch is the positive of student row i; the other B - 1 rows are negatives.
+    ``logit_scale`` may be a learnable tensor (the caller owns it and any clamping); gradients flow to it.
+    Unnormalisable zero rows use eps 1e-8, as `feature_cosine`. B = 1 gives 0 (no negatives).
+
+    Returns and raises as `feature_mse`.
+    """
+    s, t = _flat_pair(student, teacher)
+    logits = _logit_scale(logit_scale, s) * _cosine_matrix(s, t)
+    target = torch.arange(len(s), device=s.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+def feature_margin(student: Tensor, teacher: Tensor, margin: float = 0.2) -> Tensor:
+    """Bidirectional contrastive hinge on cosine similarity with in-batch negatives ('Margin' of CIBA Table 1).
+
+    With ``c_ij = cos(s_i, t_j)`` (eps 1e-8) and margin m, averaged over all B (B - 1) ordered negative pairs::
+
+        loss = 1 / (B (B - 1)) * sum_i sum_{j != i} 1/2 * [ max(0, m - c_ii + c_ij) + max(0, m - c_ii + c_ji) ]
+
+    The first hinge ranks the true teacher row above every other teacher row for student row i; the second
+    ranks student row i above every other student row for teacher row i (the sum-of-hinges ranking loss of
+    visual-semantic embeddings, Kiros et al. 2014 / Faghri et al. 2018, without hard-negative mining). The
+    loss is 0 once every positive beats every negative by m; its value lies in [0, m + 2]. B = 1 gives 0.
+
+    Returns and raises as `feature_mse` (and ValueError for a negative margin).
+    """
+    if margin < 0:
+        raise ValueError(f"margin must be non-negative, got {margin}")
+    s, t = _flat_pair(student, teacher)
+    b = len(s)
+    c = _cosine_matrix(s, t)
+    pos = c.diagonal()
+    off = ~torch.eye(b, dtype=torch.bool, device=c.device)
+    hinge = (margin - pos[:, None] + c).clamp_min(0) + (margin - pos[None, :] + c).clamp_min(0)
+    # summed over the off-diagonal, the second hinge is sum_i sum_{j != i} max(0, m - c_ii + c_ji) with i, j swapped
+    return 0.5 * (hinge * off).sum() / max(b * (b - 1), 1)
+
+
 FEATURE_LOSSES: dict[str, FeatureLoss] = {
     "mse": feature_mse,
     "l1": feature_l1,
     "cosine": feature_cosine,
+    "ce": feature_ce,
+    "clip": feature_clip,
+    "margin": feature_margin,
 }

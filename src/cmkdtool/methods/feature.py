@@ -1,4 +1,5 @@
-"""``distill feature``: feature distillation between named layers (FitNets; CIBA Eq. 1 for mse)."""
+"""``distill feature``: feature distillation between named layers (FitNets; CIBA Eq. 1 for mse, App. E.5 for ce,
+Table 1's CLIP and Margin base losses)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,36 @@ from torch import Tensor, nn
 from cmkdtool.engine.config import opt
 from cmkdtool.engine.loop import Batch, task_loss
 from cmkdtool.errors import CmkdUsageError
-from cmkdtool.losses import FEATURE_LOSSES
 from cmkdtool.methods.base import Distiller
 from cmkdtool.methods.registry import register
+from cmkdtool.nn.criteria import FeatureCriterion
 
 
 @dataclass
-class FeatureParams:
-    loss: str = opt("mse", "mse (0.5*||s-t||^2 per row, batch mean; CIBA Eq. 1), l1 or cosine.")
+class FeatureLossOptions:
+    """Hyperparameters of the feature losses that have any (shared by ``distill feature`` and ``distill ciba``)."""
+
+    temperature: float | None = opt(
+        None, "ce: softmax temperature T [default 1]; clip: (initial) temperature tau [default 0.07]."
+    )
+    learn_temperature: bool = opt(True, "clip: learn the temperature (as CLIP; 1/tau clamped at 100), else fix it.")
+    margin: float | None = opt(None, "margin: the hinge margin m on cosine similarity [default 0.2].")
+
+    def criterion(self, name: str) -> FeatureCriterion:
+        return FeatureCriterion(
+            name, temperature=self.temperature, learn_temperature=self.learn_temperature, margin=self.margin
+        )
+
+
+LOSS_HELP = (
+    "mse (0.5*||s-t||^2 per row, batch mean; CIBA Eq. 1), l1, cosine, ce (cross-entropy of softmax features; "
+    "App. E.5), clip (symmetric InfoNCE over the batch) or margin (cosine hinge with in-batch negatives)."
+)
+
+
+@dataclass
+class FeatureParams(FeatureLossOptions):
+    loss: str = opt("mse", LOSS_HELP)
     student_layer: str = opt("embedding", "Student layer to match (names: cmkdtool spectrum --list-layers CKPT).")
     teacher_layer: str = opt("embedding", "Teacher layer to imitate.")
     feature_weight: float = opt(1.0, "Weight of the feature loss.")
@@ -27,7 +50,11 @@ class FeatureParams:
     )
 
 
-@register("feature", FeatureParams, "Feature distillation (FitNets-style) between named layers: mse, l1, cosine.")
+@register(
+    "feature",
+    FeatureParams,
+    "Feature distillation (FitNets-style) between named layers: mse, l1, cosine, ce, clip, margin.",
+)
 class Feature(Distiller):
     """task_weight * CE + feature_weight * loss(P(student_layer), teacher_layer).
 
@@ -37,11 +64,9 @@ class Feature(Distiller):
 
     def __init__(self, student, teacher, params: FeatureParams, task: str, cache_teacher: bool = True):
         super().__init__(student, teacher, params, task, cache_teacher)
-        if params.loss not in FEATURE_LOSSES:
-            raise CmkdUsageError(f"unknown --loss '{params.loss}'; choose one of {', '.join(FEATURE_LOSSES)}")
+        self.criterion = params.criterion(params.loss)
         if params.projector not in ("auto", "linear", "none"):
             raise CmkdUsageError(f"--projector must be auto, linear or none, not '{params.projector}'")
-        self.loss_fn = FEATURE_LOSSES[params.loss]
         s_dim, t_dim = self._width(student, params.student_layer), self._width(teacher, params.teacher_layer)
         if params.projector == "linear" or (params.projector == "auto" and s_dim != t_dim):
             self.projector: nn.Module = nn.Linear(s_dim, t_dim)
@@ -71,7 +96,7 @@ class Feature(Distiller):
     def training_step(self, batch: Batch) -> dict[str, Tensor]:
         logits, feats = self.student.forward_layers(batch.inputs, [self.params.student_layer])
         target = self.teacher_outputs(batch)[self.params.teacher_layer]
-        terms = {"feat": self.loss_fn(self.projector(feats[self.params.student_layer]), target)}
+        terms = {"feat": self.criterion(self.projector(feats[self.params.student_layer]), target)}
         if self.params.task_weight:
             terms["ce"] = task_loss(logits, batch.target, self.task)
         return terms

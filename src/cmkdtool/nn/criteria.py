@@ -1,0 +1,88 @@
+"""Feature-distillation criteria: a `losses.FEATURE_LOSSES` function with its hyperparameters (and, for
+``clip``, a learnable temperature) bound in one module, shared by ``distill feature`` and ``distill ciba``.
+
+The loss functions stay pure; this module only owns the state some of them need. Which options apply to which
+loss is a table (``_OPTIONS``), not a branch per name.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from cmkdtool.errors import CmkdUsageError
+from cmkdtool.losses import FEATURE_LOSSES
+
+CLIP_TEMPERATURE = 0.07  # CLIP's initial temperature (Radford et al. 2021)
+CLIP_MAX_SCALE = 100.0  # CLIP clamps the learned logit scale 1/tau at 100
+
+# loss name -> (keyword of the loss function, the criterion attribute feeding it, the default when unset)
+_OPTIONS: dict[str, tuple[str, str, float]] = {
+    "ce": ("temperature", "temperature", 1.0),
+    "clip": ("logit_scale", "temperature", CLIP_TEMPERATURE),
+    "margin": ("margin", "margin", 0.2),
+}
+
+
+class FeatureCriterion(nn.Module):
+    """``loss(student, teacher)`` for a named feature loss.
+
+    Args:
+        name: a key of ``FEATURE_LOSSES`` (mse, l1, cosine, ce, clip, margin).
+        temperature: T of ``ce`` (default 1) or the (initial) tau of ``clip`` (default 0.07); ignored otherwise.
+        learn_temperature: ``clip`` only: learn log(1/tau) (initialised from ``temperature``, 1/tau clamped at
+            100 as in CLIP), else keep tau fixed.
+        margin: m of ``margin`` (default 0.2).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        temperature: float | None = None,
+        learn_temperature: bool = True,
+        margin: float | None = None,
+    ) -> None:
+        super().__init__()
+        if name not in FEATURE_LOSSES:
+            raise CmkdUsageError(f"unknown feature loss '{name}'; choose one of {', '.join(FEATURE_LOSSES)}")
+        if temperature is not None and not temperature > 0:
+            raise CmkdUsageError(f"--temperature must be positive; got {temperature}")
+        if margin is not None and margin < 0:
+            raise CmkdUsageError(f"--margin must be non-negative; got {margin}")
+        self.name = name
+        self.fn = FEATURE_LOSSES[name]
+        self.temperature = temperature
+        self.margin = margin
+        self.kwarg: str | None = None
+        self.value: float | None = None
+        if name in _OPTIONS:
+            self.kwarg, attr, default = _OPTIONS[name]
+            given = getattr(self, attr)
+            self.value = default if given is None else given
+        self.learned = name == "clip" and learn_temperature
+        if name == "clip":
+            init = torch.tensor(math.log(1.0 / self.value))
+            if self.learned:
+                self.log_scale = nn.Parameter(init)
+            else:
+                self.register_buffer("log_scale", init)
+
+    def scale(self) -> Tensor:
+        """1 / tau of ``clip`` (clamped at 100)."""
+        return self.log_scale.clamp(max=math.log(CLIP_MAX_SCALE)).exp()
+
+    def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
+        if self.kwarg is None:
+            return self.fn(student, teacher)
+        value = self.scale() if self.name == "clip" else self.value
+        return self.fn(student, teacher, **{self.kwarg: value})
+
+    def extra_repr(self) -> str:
+        return f"{self.name}" + (f", {self.kwarg}={self.value}" if self.kwarg else "")
+
+    def record(self) -> dict:
+        """What a checkpoint records about the criterion after training (the learned temperature)."""
+        return {"clip_temperature": float(1.0 / self.scale())} if self.name == "clip" else {}
