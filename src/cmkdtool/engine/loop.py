@@ -110,6 +110,15 @@ class Method(nn.Module):
     def frozen_modules(self) -> list[nn.Module]:
         return []
 
+    def validate(self, data: TensorData, index: Tensor, precision: str, batch_size: int) -> dict[str, float]:
+        """Validation metrics of the deployable model on rows ``index``; must include ``loss`` (tie-breaker) and
+        the ``selection`` key. Default: the task loss and accuracy (mAP for multi-label) of ``student``."""
+        return val_metrics(self.student, data, index, precision, batch_size)
+
+    def selection(self, task: str | None) -> tuple[str, bool]:
+        """The validation metric that picks the best epoch, and whether higher is better."""
+        return selection_key(task), True
+
 
 @dataclass
 class FitResult:
@@ -269,7 +278,7 @@ def fit(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg, steps))
     scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
     gen = torch.Generator().manual_seed(cfg.seed)
-    key = selection_key(data.task)
+    key, higher = method.selection(data.task)
     best_score, best_loss, best_epoch = -math.inf, math.inf, 0
     best_state: dict[str, Tensor] | None = None
     history: list[dict] = []
@@ -362,9 +371,9 @@ def fit(
                 f"training diverged at epoch {epoch} (loss {row['train/loss']}); lower --lr or clip gradients"
             )
         if len(val_idx):
-            vm = val_metrics(student, data, val_idx, cfg.precision, cfg.eval_batch_size)
+            vm = method.validate(data, val_idx, cfg.precision, cfg.eval_batch_size)
             row.update({f"val/{k}": v for k, v in vm.items()})
-            score = vm[key] if math.isfinite(vm[key]) else -math.inf  # mAP is NaN without positives
+            score = (vm[key] if higher else -vm[key]) if math.isfinite(vm[key]) else -math.inf  # mAP: NaN w/o positives
             if select == "best" and (score > best_score or (score == best_score and vm["loss"] < best_loss)):
                 best_score, best_loss, best_epoch = score, vm["loss"], epoch
                 best_state = copy.deepcopy(student.state_dict())

@@ -88,8 +88,30 @@ def load_model(path: str | os.PathLike, device: str = "cpu"):
     from cmkdtool.nn.models import build_model
 
     tensors, spec, _ = read_checkpoint(path)
+    if spec.get("role") == "bottleneck":
+        raise CmkdError(
+            f"{path}: a bottleneck checkpoint (cmkdtool fit-bottleneck), not a model; "
+            "use it with `cmkdtool distill ciba --bottleneck`"
+        )
+    return _load_state(path, build_model, spec, tensors, device)
+
+
+def load_bottleneck(path: str | os.PathLike, device: str = "cpu"):
+    """Rebuild the bottleneck a ``cmkdtool fit-bottleneck`` checkpoint holds, in eval mode."""
+    from cmkdtool.nn.bottleneck import build_bottleneck
+
+    tensors, spec, _ = read_checkpoint(path)
+    if spec.get("role") != "bottleneck":
+        raise CmkdError(
+            f"{path}: a {spec.get('role', 'model')} checkpoint, not a bottleneck; "
+            "make one with `cmkdtool fit-bottleneck TEACHER BASELINE TABLE -o bottleneck.safetensors`"
+        )
+    return _load_state(path, build_bottleneck, spec, tensors, device)
+
+
+def _load_state(path, build, spec: dict, tensors: dict, device):
     try:
-        model = build_model(spec)
+        model = build(spec)
     except CmkdError as e:
         raise CmkdError(f"{path}: its model spec cannot be built ({e}); re-create the checkpoint") from e
     except (KeyError, TypeError, ValueError) as e:

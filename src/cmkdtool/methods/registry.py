@@ -44,7 +44,7 @@ def _load_all() -> None:
     import cmkdtool.methods as pkg
 
     for m in pkgutil.iter_modules(pkg.__path__):
-        if not m.name.startswith("_") and m.name not in ("registry", "base", "supervised", "distill"):
+        if not m.name.startswith("_") and m.name not in ("registry", "base", "supervised", "distill", "bottleneck"):
             importlib.import_module(f"cmkdtool.methods.{m.name}")
 
 
