@@ -14,6 +14,9 @@ from cmkdtool.errors import CmkdUsageError
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "step", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+BOTTLENECK_KINDS = ("dvib", "attention", "vqvae")
+KIND_KEYS = {"attention": ("tokens", "d_model", "heads"), "vqvae": ("codebook_size", "groups", "beta")}
+"""Spec keys each bottleneck kind adds to the common ones."""
 
 
 def opt(default, help: str, **extra):
@@ -127,3 +130,45 @@ class ModelOptions:
             "task": data.task,
             "class_names": data.class_names,
         }
+
+
+@dataclass
+class BottleneckOptions:
+    """A cross-modal information bottleneck (nn/bottleneck.py) that ``fit-bottleneck`` trains."""
+
+    kind: str = opt("dvib", f"Bottleneck model: {', '.join(BOTTLENECK_KINDS)} (CIBA Sec. 4.1; others: Sec. 5.2.2).")
+    hidden: list[int] = opt(
+        [256],
+        "Encoder hidden sizes, comma-separated; the decoder mirrors them.",
+        cli=str,
+        parse=lambda t: parse_ints(t, "--hidden"),
+    )
+    activation: str = opt("relu", "relu | leaky_relu | gelu | identity.")
+    kl_weight: float = opt(1e-3, "lambda of Eq. 7 / Algorithm 1: weight of KL(p(h'|z') || N(0, I)) (dvib, attention).")
+    tokens: int = opt(8, "attention: number of tokens the encoder output is split into.")
+    d_model: int = opt(32, "attention: token width.")
+    heads: int = opt(4, "attention: attention heads (must divide --d-model).")
+    codebook_size: int = opt(512, "vqvae: number of codebook vectors.")
+    groups: int = opt(1, "vqvae: quantise H as this many groups of H/groups dimensions (product quantisation).")
+    beta: float = opt(0.25, "vqvae: commitment weight (van den Oord et al. 2017).")
+
+    def spec(self, in_dim: int, out_dim: int, dim: int, **records) -> dict:
+        if self.kind not in BOTTLENECK_KINDS:
+            raise CmkdUsageError(f"unknown --kind '{self.kind}'; choose one of {', '.join(BOTTLENECK_KINDS)}")
+        if self.kl_weight < 0:
+            raise CmkdUsageError(f"--kl-weight must be non-negative; got {self.kl_weight}")
+        if self.beta < 0:
+            raise CmkdUsageError(f"--beta must be non-negative; got {self.beta}")
+        spec = {
+            "role": "bottleneck",
+            "kind": self.kind,
+            "in_dim": int(in_dim),
+            "out_dim": int(out_dim),
+            "dim": int(dim),
+            "hidden": list(self.hidden),
+            "activation": self.activation,
+            "kl_weight": self.kl_weight if self.kind != "vqvae" else None,
+            **{k: getattr(self, k) for k in KIND_KEYS.get(self.kind, ())},
+            **records,
+        }
+        return spec

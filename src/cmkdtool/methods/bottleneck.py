@@ -25,52 +25,12 @@ import torch
 from torch import Tensor
 
 from cmkdtool.data.tensors import TensorData
-from cmkdtool.engine.config import TrainConfig, opt, parse_ints
+from cmkdtool.engine.config import BottleneckOptions, TrainConfig
 from cmkdtool.engine.loop import Batch, FitResult, Method, fit, seed_everything
 from cmkdtool.errors import CmkdError, CmkdUsageError
-from cmkdtool.nn.bottleneck import KIND_KEYS, KINDS, VQIB, Bottleneck, build_bottleneck
+from cmkdtool.nn.bottleneck import VQIB, Bottleneck, build_bottleneck
 
 SPECTRUM_FLOOR = 1e-3  # relative to the largest H's top singular value
-
-
-@dataclass
-class BottleneckOptions:
-    kind: str = opt("dvib", f"Bottleneck model: {', '.join(KINDS)} (CIBA Sec. 4.1; Sec. 5.2.2 for the others).")
-    hidden: list[int] = opt(
-        [256],
-        "Encoder hidden sizes, comma-separated; the decoder mirrors them.",
-        cli=str,
-        parse=lambda t: parse_ints(t, "--hidden"),
-    )
-    activation: str = opt("relu", "relu | leaky_relu | gelu | identity.")
-    kl_weight: float = opt(1e-3, "lambda of Eq. 7 / Algorithm 1: weight of KL(p(h'|z') || N(0, I)) (dvib, attention).")
-    tokens: int = opt(8, "attention: number of tokens the encoder output is split into.")
-    d_model: int = opt(32, "attention: token width.")
-    heads: int = opt(4, "attention: attention heads (must divide --d-model).")
-    codebook_size: int = opt(512, "vqvae: number of codebook vectors.")
-    groups: int = opt(1, "vqvae: quantise H as this many groups of H/groups dimensions (product quantisation).")
-    beta: float = opt(0.25, "vqvae: commitment weight (van den Oord et al. 2017).")
-
-    def spec(self, in_dim: int, out_dim: int, dim: int, **records) -> dict:
-        if self.kind not in KINDS:
-            raise CmkdUsageError(f"unknown --kind '{self.kind}'; choose one of {', '.join(KINDS)}")
-        if self.kl_weight < 0:
-            raise CmkdUsageError(f"--kl-weight must be non-negative; got {self.kl_weight}")
-        if self.beta < 0:
-            raise CmkdUsageError(f"--beta must be non-negative; got {self.beta}")
-        spec = {
-            "role": "bottleneck",
-            "kind": self.kind,
-            "in_dim": int(in_dim),
-            "out_dim": int(out_dim),
-            "dim": int(dim),
-            "hidden": list(self.hidden),
-            "activation": self.activation,
-            "kl_weight": self.kl_weight if self.kind != "vqvae" else None,
-            **{k: getattr(self, k) for k in KIND_KEYS.get(self.kind, ())},
-            **records,
-        }
-        return spec
 
 
 class BottleneckFit(Method):
@@ -167,7 +127,7 @@ def fit_bottleneck(
     seed_everything(cfg.seed)
     bn = build_bottleneck(spec).to(data.device)
     bn.norm.fit(t, data.index("train"))
-    method = BottleneckFit(bn, options.kl_weight if options.kind != "vqvae" else 0.0, cfg.seed)
+    method = BottleneckFit(bn, options.kl_weight, cfg.seed)
     result = fit(method, data, cfg, quiet=quiet, desc=f"fit-bottleneck H={dim}", state_file=state_file, resume=resume)
     bn.load_state_dict(result.state_dict)
     return bn.eval(), result
@@ -239,7 +199,7 @@ def sweep(
     index = data.index(eval_split)
     if len(index) == 0:
         index = data.index("train")
-    weights = {"kl": options.kl_weight if options.kind != "vqvae" else 0.0}
+    weights = {"kl": options.kl_weight}
     points = []
     for h in sorted(set(dims)):
         bn, result = fit_bottleneck(data, h, options, config, records=records, quiet=quiet)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from cmkdtool.engine.config import BOTTLENECK_KINDS, KIND_KEYS
 from cmkdtool.errors import CmkdError, CmkdUsageError
 from cmkdtool.losses.bottleneck import cross_generation, gaussian_kl, reparameterize, vq_losses
 from cmkdtool.nn.models import ACTIVATIONS, Standardize, mlp
@@ -189,9 +190,7 @@ class VQIB(Bottleneck):
         return {"recon": recon, "codebook": codebook, "commit": commit}
 
 
-KINDS: dict[str, type[Bottleneck]] = {"dvib": DVIB, "attention": AttentionIB, "vqvae": VQIB}
-
-KIND_KEYS = {"attention": ("tokens", "d_model", "heads"), "vqvae": ("codebook_size", "groups", "beta")}
+KINDS: dict[str, type[Bottleneck]] = dict(zip(BOTTLENECK_KINDS, (DVIB, AttentionIB, VQIB), strict=True))
 
 
 def _validate(spec: dict) -> None:
