@@ -125,6 +125,7 @@ def _run(kw: dict) -> None:
     from cmkdtool import __version__
     from cmkdtool.data.tensors import check_model_inputs, load_tensor_data
     from cmkdtool.engine.config import parse_ints
+    from cmkdtool.engine.state import tensor_digest
     from cmkdtool.errors import CmkdUsageError
     from cmkdtool.io.checkpoints import load_model, read_metadata, save_checkpoint
     from cmkdtool.io.history import write_history
@@ -163,7 +164,13 @@ def _run(kw: dict) -> None:
     if fdata.count("train") == 0:
         raise CmkdUsageError(f"{table.name}: no train rows; add a 'split' column or change --split-ratio")
     records = {
-        "teacher": {"path": teacher, "sha256": file_sha256(teacher), "layer": kw["teacher_layer"], "inputs": t_cols},
+        "teacher": {
+            "path": teacher,
+            "sha256": file_sha256(teacher),
+            "weights": tensor_digest(t_net.state_dict()),
+            "layer": kw["teacher_layer"],
+            "inputs": t_cols,
+        },
         "student": {"path": baseline, "sha256": file_sha256(baseline), "layer": kw["student_layer"], "inputs": b_cols},
     }
     note(

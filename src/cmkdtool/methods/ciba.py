@@ -9,6 +9,7 @@ from torch import Tensor
 
 from cmkdtool.engine.config import opt
 from cmkdtool.engine.loop import Batch, task_loss
+from cmkdtool.engine.state import tensor_digest
 from cmkdtool.errors import CmkdError, CmkdUsageError
 from cmkdtool.methods.base import Distiller
 from cmkdtool.methods.feature import LOSS_HELP, FeatureLossOptions
@@ -51,6 +52,12 @@ class Ciba(Distiller):
         self.teacher_layer = spec.get("teacher", {}).get("layer", "embedding")
         self.student_layer = params.student_layer or spec.get("student", {}).get("layer", "embedding")
         self.criterion = params.criterion(params.base)
+        recorded = spec.get("teacher", {})
+        if recorded.get("weights") and recorded["weights"] != tensor_digest(teacher.state_dict()):
+            raise CmkdError(
+                f"{params.bottleneck} was fitted on another teacher ({recorded.get('path', '?')}; its weights or "
+                "channel mask differ from this --teacher's); pass that teacher or refit the bottleneck on this one"
+            )
         t_width = teacher.layer_width(self.teacher_layer)
         if t_width != int(spec["in_dim"]):
             raise CmkdError(
