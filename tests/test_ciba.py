@@ -323,3 +323,26 @@ def _write(path, sd):
     write_table(build_table(sd.ids, {"xa": sd.xa, "xb": sd.xb}, label=sd.label, split=sd.split,
                             meta={"class_names": sd.class_names}), path)  # fmt: skip
     return path
+
+
+def test_ciba_example_runs(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OUT": str(tmp_path), "EPOCHS": "8", "DIMS": "2,8",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # fmt: skip
+    res = subprocess.run(["bash", str(root / "examples" / "ciba.sh")], capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    words = [line.split() for line in res.stdout.splitlines()]
+    acc = {w[0]: float(w[-1]) for w in words if w[1:2] == ["accuracy"]}
+    assert set(acc) == {"teacher", "baseline", "mse", "ciba"} and min(acc.values()) > 0.35  # chance: 0.25
+    assert sum("<-" in line for line in res.stdout.splitlines()) == 1  # the chosen H
+    spectra = json.loads(pq.read_schema(tmp_path / "spectrum.parquet").metadata[b"cmkdtool"])["spectra"]
+    assert len(spectra) == 3
+    for png in ("spectrum.png", "bottleneck-sweep.png"):
+        assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
