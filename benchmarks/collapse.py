@@ -8,13 +8,22 @@ For each number of shared (modality-general) channels D_g:
    extractor ``encoders.xa.0`` and a linear classifier), as App. D.1's two-layer linear model;
 3. distil a student of the same shape on xb with ``distill feature`` (loss mse, embedding -> embedding,
    ``task_weight`` 0 by default: feature distillation only, as in the theorem), full batch, last epoch kept;
-4. take the singular values of the student's feature extractor ``encoders.xb.0.weight`` (64 x 64).
+4. take the singular values of the student's feature extractor ``encoders.xb.0.weight`` (64 x 64);
+5. compare the final distillation loss with Corollary 1.1 (Eq. 6): L_FD(inf) = 1/2 ||W' (O; S')||_F^2.
 
 Theorem 1: rank(W*) <= min(rank(W'), D_g), so the spectrum drops off a cliff after index D_g (0-based: between
 sigma[D_g - 1] and sigma[D_g]). The script prints, per D_g (mean over seeds, and the worst seed), sigma[D_g - 1],
 sigma[D_g], their ratio (the drop) and the rank at 99% of the energy sum(sigma^2), and draws the Fig. 3-style plot:
 log10 singular value against index, one line per D_g (mean of log10 over seeds, min-max band), a dotted
 vertical line at each D_g.
+
+Corollary 1.1 per sample (``feature_mse`` averages over the batch, Eq. 1 sums): the prediction is
+1/2 mean_i ||W'_{:, D_g:} s'_i||^2 over the train rows, with W' the teacher's ``encoders.xa.0.weight`` and s'_i
+the teacher-specific channels of x'_i after the teacher's own standardisation (``teacher.norm['xa']``), i.e. the
+teacher's feature of the input with its general channels zeroed, minus its bias. The measured value is the
+``train/feat`` of the last full-batch epoch (the loss at the weights before the last step); with
+``--task-weight > 0`` the task loss pulls the student away from the FD optimum, so the measured loss sits above
+the prediction.
 
 The models standardise their inputs with train-split mean and std and their linear layers have a bias, so the
 optimum is the regression on centred data; ``synth orthogonal`` centres each part before orthogonalising it, so the
@@ -70,6 +79,21 @@ def cliff_index(sv: np.ndarray) -> list[int]:
     return [int(k) + 1 for k in ratio.argmax(1)]
 
 
+@torch.no_grad()
+def corollary_loss(teacher, data_a, dg: int) -> float:
+    """Corollary 1.1 (Eq. 6) per sample: 1/2 mean_i ||W'_{:, D_g:} s'_i||^2 over the train rows.
+
+    s'_i: the teacher-specific channels of the *standardised* teacher input (the model's own ``norm['xa']``,
+    train mean and std); W': the teacher's feature extractor ``encoders.xa.0.weight`` (bias excluded: it is
+    matched by the student's bias). Computed in float64.
+    """
+    idx = data_a.index("train")
+    x = teacher.norm["xa"](data_a.inputs["xa"][idx].float()).double()
+    x[:, :dg] = 0.0  # (O; S')
+    w = teacher.state_dict()["encoders.xa.0.weight"].double()
+    return float(0.5 * (x @ w.T).square().sum(1).mean())
+
+
 def accuracy(model, data, split: str) -> float:
     idx = data.index(split)
     logits, _ = predict(model, data, idx)
@@ -105,6 +129,7 @@ def run_one(dg: int, seed: int, args) -> dict:
         "rank99": rank99,
         "teacher_rank99": spectrum(teacher.state_dict()["encoders.xa.0.weight"])[1],
         "final_feat_loss": result.history[-1].get("train/feat"),
+        "predicted_feat_loss": corollary_loss(teacher, data_a, dg),
         "teacher_acc": accuracy(teacher, data_a, "test"),
     }
     if args.task_weight > 0:
@@ -183,9 +208,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     head = (
         "| D_g | sigma[D_g-1] | sigma[D_g] | sigma[D_g+1] | drop sigma[D_g-1]/sigma[D_g] (mean; worst seed) "
-        "| largest drop after index (seeds) | rank99 (seeds) |"
+        "| largest drop after index (seeds) | rank99 (seeds) | final FD loss | Cor. 1.1 prediction "
+        "| rel. diff (worst) |"
     )
-    sep = "|---:|---:|---:|---:|---:|---:|---:|"
+    sep = "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     if args.task_weight > 0:
         head += " student test acc |"
         sep += "---:|"
@@ -197,9 +223,14 @@ def main(argv: list[str] | None = None) -> int:
         gmean = float(np.exp(np.mean(np.log(drops))))
         cliffs = ",".join(str(c) for c in cliff_index(sv))
         ranks = ",".join(str(r["rank99"]) for r in runs)
+        measured = np.array([r["final_feat_loss"] for r in runs])
+        predicted = np.array([r["predicted_feat_loss"] for r in runs])
+        rel = (measured - predicted) / predicted
+        worst = rel[np.abs(rel).argmax()]
         line = (
             f"| {dg} | {sv[:, dg - 1].mean():.3g} | {sv[:, dg].mean():.3g} | {sv[:, dg + 1].mean():.3g} "
-            f"| {gmean:.3g}; {drops.min():.3g} | {cliffs} | {ranks} |"
+            f"| {gmean:.3g}; {drops.min():.3g} | {cliffs} | {ranks} "
+            f"| {measured.mean():.5g} | {predicted.mean():.5g} | {rel.mean():+.1e} ({worst:+.1e}) |"
         )
         if args.task_weight > 0:
             accs = [r["student_acc"] for r in runs]
@@ -209,7 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     t_rank = sorted({r["teacher_rank99"] for runs in results.values() for r in runs})
     print(
         "\n(sigma: 0-based, mean over seeds; drop: geometric mean over seeds; largest drop after index k: "
-        "sigma_k / sigma_(k+1) is the largest ratio, 1-based as in the plot; rank99: rank at 99% energy)"
+        "sigma_k / sigma_(k+1) is the largest ratio, 1-based as in the plot; rank99: rank at 99% energy; "
+        "final FD loss: train/feat of the last epoch, Cor. 1.1 prediction: 1/2 mean_i ||W'_{:,D_g:} s'_i||^2 on the "
+        "train rows, both means over seeds; rel. diff: (final - prediction) / prediction, mean over seeds and the "
+        "seed farthest from 0)"
     )
     print(f"teacher: test accuracy {np.mean(t_acc):.3f}, rank99 of encoders.xa.0.weight {t_rank}")
     if args.plot:
