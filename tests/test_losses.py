@@ -572,3 +572,36 @@ def test_empty_batch_is_rejected(fn):
 def test_bad_temperature_is_rejected(fn, temperature):
     with pytest.raises(ValueError, match="temperature"):
         fn(torch.zeros(2, 3), torch.zeros(2, 3), temperature)
+
+
+# ---------------------------------------------------------------- FeatureCriterion (options bound to a loss)
+
+
+def test_feature_criterion_binds_each_loss_option():
+    from cmkdtool.nn.criteria import FeatureCriterion
+
+    s, t = _rand(5, 4, seed=80), _rand(5, 4, seed=81)
+    assert FeatureCriterion("ce", temperature=2.0)(s, t).item() == pytest.approx(feature_ce(s, t, 2.0).item())
+    assert FeatureCriterion("ce")(s, t).item() == pytest.approx(feature_ce(s, t, 1.0).item())
+    assert FeatureCriterion("margin", margin=0.5)(s, t).item() == pytest.approx(feature_margin(s, t, 0.5).item())
+    assert FeatureCriterion("mse", temperature=3.0)(s, t).item() == pytest.approx(feature_mse(s, t).item())
+    learned = FeatureCriterion("clip")  # tau starts at CLIP's 0.07 and is a parameter
+    assert learned(s, t).item() == pytest.approx(feature_clip(s, t, 1 / 0.07).item(), rel=1e-5)
+    assert [p.shape for p in learned.parameters()] == [torch.Size([])]
+    fixed = FeatureCriterion("clip", temperature=0.5, learn_temperature=False)
+    assert fixed(s, t).item() == pytest.approx(feature_clip(s, t, 2.0).item(), rel=1e-6)
+    assert not list(fixed.parameters())
+    with torch.no_grad():
+        learned.log_scale.fill_(10.0)  # 1/tau is clamped at 100, as in CLIP
+    assert learned.scale().item() == pytest.approx(100.0, rel=1e-6)
+
+
+def test_feature_criterion_refuses_bad_options():
+    from cmkdtool.errors import CmkdUsageError
+    from cmkdtool.nn.criteria import FeatureCriterion
+
+    for kwargs, match in (({"temperature": 0.0}, "--temperature must be positive"), ({"margin": -1.0}, "--margin")):
+        with pytest.raises(CmkdUsageError, match=match):
+            FeatureCriterion("ce", **kwargs)
+    with pytest.raises(CmkdUsageError, match="unknown feature loss 'nosuch'"):
+        FeatureCriterion("nosuch")

@@ -264,31 +264,15 @@ def layer_features(
 ) -> np.ndarray:
     """Outputs of ``layer`` (see ``CmkdModel.layer_names``) on ``rows`` of ``data``, float32 ``(N, F)``.
 
-    Runs in eval mode, fp32, under ``no_grad``, ``batch_size`` rows at a time on ``data``'s device.
+    Runs in eval mode, fp32, under ``no_grad``, ``batch_size`` rows at a time on ``data``'s device
+    (``engine.loop.predict_layers``), and returns them on the host.
     """
     import torch
 
-    names = model.layer_names()
-    if layer not in names:
-        raise CmkdError(f"unknown layer '{layer}'; layers of this model: {', '.join(names)}")
-    was_training = model.training
-    model.eval()
+    from cmkdtool.engine.loop import predict_layers
+
     idx = torch.as_tensor(rows, dtype=torch.long, device=data.device)
-    parts = []
-    try:
-        with torch.no_grad():
-            for start in range(0, len(idx), batch_size):
-                b = idx[start : start + batch_size]
-                _, out = model.forward_layers({n: data.inputs[n][b] for n in model.input_names}, [layer])
-                parts.append(out[layer].float().cpu())
-            if not parts:  # no rows: the layer's width from one zero row
-                shapes = data.shapes
-                zero = {n: torch.zeros(1, *shapes[n], device=data.device) for n in model.input_names}
-                width = model.forward_layers(zero, [layer])[1][layer].shape[1]
-                return np.zeros((0, width), dtype=np.float32)
-    finally:
-        model.train(was_training)
-    return torch.cat(parts).numpy()
+    return predict_layers(model, data, idx, [layer], batch_size=batch_size)[layer].cpu().numpy()
 
 
 def feature_spectrum(

@@ -112,19 +112,15 @@ def _params() -> list:
     return PARAMS + o.dataclass_params(BottleneckOptions, PANEL) + o.dataclass_params(TrainConfig, "Optimisation")
 
 
-def _features(model, data, layer: str):
-    import numpy as np
+def _run(kw: dict) -> None:
+    from dataclasses import asdict
+
     import torch
 
-    from cmkdtool.analysis.spectrum import layer_features
-
-    return torch.from_numpy(layer_features(model, data, layer, np.arange(len(data)))).to(data.device)
-
-
-def _run(kw: dict) -> None:
     from cmkdtool import __version__
     from cmkdtool.data.tensors import check_model_inputs, load_tensor_data
     from cmkdtool.engine.config import parse_ints
+    from cmkdtool.engine.loop import predict_layers
     from cmkdtool.engine.state import tensor_digest
     from cmkdtool.errors import CmkdUsageError
     from cmkdtool.io.checkpoints import load_model, read_metadata, save_checkpoint
@@ -158,8 +154,9 @@ def _run(kw: dict) -> None:
     check_model_inputs(table, tspec, teacher)
     check_model_inputs(table, bspec, baseline)
     data = load_tensor_data(table, columns, dev, split_ratio=ratio, split_seed=sseed)
-    zt = _features(t_net, data, kw["teacher_layer"])
-    zs = _features(b_net, data, kw["student_layer"])
+    rows = torch.arange(len(data), device=data.device)
+    zt = predict_layers(t_net, data, rows, [kw["teacher_layer"]])[kw["teacher_layer"]]
+    zs = predict_layers(b_net, data, rows, [kw["student_layer"]])[kw["student_layer"]]
     fdata = feature_data(zt, zs, data.split, data.ids, table.name)
     if fdata.count("train") == 0:
         raise CmkdUsageError(f"{table.name}: no train rows; add a 'split' column or change --split-ratio")
@@ -199,7 +196,7 @@ def _run(kw: dict) -> None:
     record = {
         "command": command_line(),
         "version": __version__,
-        "options": {k: v for k, v in vars(options).items()},
+        "options": asdict(options),
         "config": cfg.record(),
         "device": str(dev),
         "split_ratio": ratio,

@@ -208,6 +208,27 @@ def predict(
     return lg, em
 
 
+@torch.no_grad()
+def predict_layers(
+    model: nn.Module, data: TensorData, index: Tensor, layers: list[str], *, batch_size: int = 8192
+) -> dict[str, Tensor]:
+    """Float32 outputs of the named ``layers`` (``CmkdModel.layer_names``) on rows ``index``, in eval mode, chunked,
+    on ``data``'s device. Raises ``CmkdError`` for an unknown layer; no rows give ``(0, width)`` tensors."""
+    was_training = model.training
+    model.eval()
+    parts: dict[str, list[Tensor]] = {n: [] for n in layers}
+    try:
+        for start in range(0, len(index), batch_size):
+            _, out = model.forward_layers(LazyRows(data.inputs, index[start : start + batch_size]), layers)
+            for n in layers:
+                parts[n].append(out[n].float())
+    finally:
+        model.train(was_training)
+    return {
+        n: torch.cat(v) if v else torch.zeros(0, model.layer_width(n), device=data.device) for n, v in parts.items()
+    }
+
+
 def task_loss(logits: Tensor, target: Tensor, task: str) -> Tensor:
     """Cross-entropy for multi-class targets, binary cross-entropy with logits for multi-hot targets."""
     if task == "multilabel":

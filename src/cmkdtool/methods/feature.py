@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
 
 from cmkdtool.engine.config import opt
@@ -67,7 +66,7 @@ class Feature(Distiller):
         self.criterion = params.criterion(params.loss)
         if params.projector not in ("auto", "linear", "none"):
             raise CmkdUsageError(f"--projector must be auto, linear or none, not '{params.projector}'")
-        s_dim, t_dim = self._width(student, params.student_layer), self._width(teacher, params.teacher_layer)
+        s_dim, t_dim = student.layer_width(params.student_layer), teacher.layer_width(params.teacher_layer)
         if params.projector == "linear" or (params.projector == "auto" and s_dim != t_dim):
             self.projector: nn.Module = nn.Linear(s_dim, t_dim)
         elif s_dim != t_dim:
@@ -78,17 +77,6 @@ class Feature(Distiller):
         else:
             self.projector = nn.Identity()
         self.loss_weights = {"feat": params.feature_weight, "ce": params.task_weight}
-
-    @staticmethod
-    @torch.no_grad()
-    def _width(model, layer: str) -> int:
-        was = model.training
-        model.eval()
-        device = next(model.parameters()).device
-        x = {i["name"]: torch.zeros(2, *i["shape"], device=device) for i in model.spec["inputs"]}
-        _, feats = model.forward_layers(x, [layer])
-        model.train(was)
-        return feats[layer].shape[1]
 
     def teacher_layers(self) -> list[str]:
         return [self.params.teacher_layer]

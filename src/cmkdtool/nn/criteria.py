@@ -18,7 +18,7 @@ from cmkdtool.losses import FEATURE_LOSSES
 CLIP_TEMPERATURE = 0.07  # CLIP's initial temperature (Radford et al. 2021)
 CLIP_MAX_SCALE = 100.0  # CLIP clamps the learned logit scale 1/tau at 100
 
-# loss name -> (keyword of the loss function, the criterion attribute feeding it, the default when unset)
+# loss name -> (keyword of the loss function, the option feeding it, the default when the option is unset)
 _OPTIONS: dict[str, tuple[str, str, float]] = {
     "ce": ("temperature", "temperature", 1.0),
     "clip": ("logit_scale", "temperature", CLIP_TEMPERATURE),
@@ -54,18 +54,14 @@ class FeatureCriterion(nn.Module):
             raise CmkdUsageError(f"--margin must be non-negative; got {margin}")
         self.name = name
         self.fn = FEATURE_LOSSES[name]
-        self.temperature = temperature
-        self.margin = margin
-        self.kwarg: str | None = None
-        self.value: float | None = None
+        self.kwargs: dict[str, float] = {}  # fixed keyword arguments of the loss function
         if name in _OPTIONS:
-            self.kwarg, attr, default = _OPTIONS[name]
-            given = getattr(self, attr)
-            self.value = default if given is None else given
-        self.learned = name == "clip" and learn_temperature
-        if name == "clip":
-            init = torch.tensor(math.log(1.0 / self.value))
-            if self.learned:
+            kwarg, option, default = _OPTIONS[name]
+            given = {"temperature": temperature, "margin": margin}[option]
+            self.kwargs[kwarg] = default if given is None else given
+        if name == "clip":  # the temperature becomes state: log(1 / tau), learned or fixed
+            init = torch.tensor(math.log(1.0 / self.kwargs.pop("logit_scale")))
+            if learn_temperature:
                 self.log_scale = nn.Parameter(init)
             else:
                 self.register_buffer("log_scale", init)
@@ -75,14 +71,9 @@ class FeatureCriterion(nn.Module):
         return self.log_scale.clamp(max=math.log(CLIP_MAX_SCALE)).exp()
 
     def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
-        if self.kwarg is None:
-            return self.fn(student, teacher)
-        value = self.scale() if self.name == "clip" else self.value
-        return self.fn(student, teacher, **{self.kwarg: value})
+        if self.name == "clip":
+            return self.fn(student, teacher, logit_scale=self.scale())
+        return self.fn(student, teacher, **self.kwargs)
 
     def extra_repr(self) -> str:
-        return f"{self.name}" + (f", {self.kwarg}={self.value}" if self.kwarg else "")
-
-    def record(self) -> dict:
-        """What a checkpoint records about the criterion after training (the learned temperature)."""
-        return {"clip_temperature": float(1.0 / self.scale())} if self.name == "clip" else {}
+        return ", ".join([self.name, *(f"{k}={v}" for k, v in self.kwargs.items())])
