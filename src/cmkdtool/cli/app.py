@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from cmkdtool import __version__
-from cmkdtool.cli import bottleneck, distill, pretrain, salience, spectrum, synth
+from cmkdtool.cli import bottleneck, distill, extract, pretrain, salience, spectrum, synth
 from cmkdtool.cli import eval as eval_cmd
 from cmkdtool.cli.common import guard
 
@@ -46,6 +46,7 @@ def _root(
 
 
 app.add_typer(synth.app, name="synth")
+app.add_typer(extract.app, name="extract")
 app.command("rank-salience", no_args_is_help=True)(guard(salience.rank_salience))
 app.command("fit-bottleneck", no_args_is_help=True)(guard(bottleneck.fit_bottleneck_command()))
 app.add_typer(distill.app, name="distill")

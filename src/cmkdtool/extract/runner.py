@@ -1,0 +1,161 @@
+"""The loop shared by every ``cmkdtool extract`` kind: decode in DataLoader workers, encode in batches on the
+device, stream rows to the resumable writer, report unreadable files without losing the rest.
+
+An *extractor* (image, audio, video, text, array) provides:
+
+- ``load(item) -> Tensor``: read and preprocess one sample on the CPU (runs in the worker processes; raises
+  on an unreadable or undecodable file);
+- ``setup(device, precision)``: move its model, if any, to the device (called once, in the main process);
+- ``encode(batch) -> Tensor``: (B, ...) preprocessed samples -> (B, ...) features (identity for ``--raw``);
+- ``settings() -> dict``: everything that determines the features (recorded in the table, checked on resume).
+
+Samples of one batch must share their preprocessed shape; one that does not is reported like an unreadable
+file (with a hint to resize, crop or set a duration).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cmkdtool.errors import CmkdError
+from cmkdtool.extract.sources import Item, Source
+from cmkdtool.extract.writer import ExtractWriter
+
+ON_ERROR = ("skip", "fail")
+MAX_RECORDED_ERRORS = 1000
+
+
+@dataclass
+class ExtractResult:
+    written: int
+    skipped: int  # ids already in the output or in the parts of an interrupted run (--resume)
+    errors: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    rows: int = 0
+
+
+class _Samples:
+    """Dataset over items: ``(position, tensor or None, error or None)`` so a bad file never stops a worker."""
+
+    def __init__(self, items: list[Item], extractor) -> None:
+        self.items = items
+        self.extractor = extractor
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        try:
+            return i, self.extractor.load(self.items[i]), None
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:  # noqa: BLE001 - any decoding failure is reported against the file
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            return i, None, msg
+
+
+def _collate(batch):
+    return batch
+
+
+def _message(item: Item, error: str) -> str:
+    return f"{item.where}: {error}"
+
+
+def run_extract(
+    source: Source,
+    extractor,
+    writer: ExtractWriter,
+    *,
+    batch_size: int = 32,
+    workers: int = 0,
+    device: str = "auto",
+    precision: str = "auto",
+    on_error: str = "skip",
+    quiet: bool = False,
+    unit: str = "file",
+) -> ExtractResult:
+    """Extract every item of ``source`` not yet written by ``writer``; rows go to ``writer`` (not finished here)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from cmkdtool.engine.device import autocast, resolve_device, resolve_precision
+
+    if on_error not in ON_ERROR:
+        raise CmkdError(f"unknown --on-error '{on_error}'; choose skip or fail")
+    start = time.perf_counter()
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    todo = [it for it in source.items if it.id not in writer.done_ids]
+    skipped = len(source.items) - len(todo)
+    result = ExtractResult(written=0, skipped=skipped)
+    if not todo:
+        result.seconds = time.perf_counter() - start
+        return result
+    extractor.setup(dev, prec)
+    loader = DataLoader(
+        _Samples(todo, extractor),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_collate,
+        persistent_workers=False,
+        prefetch_factor=4 if workers > 0 else None,
+    )
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(todo), unit=unit, file=sys.stderr, disable=quiet, dynamic_ncols=True, desc="extract")
+    expected: tuple | None = None  # the preprocessed shape of the first good sample
+    try:
+        for batch in loader:
+            good: list[Item] = []
+            tensors = []
+            for i, value, error in batch:
+                item = todo[i]
+                if error is None and expected is not None and tuple(value.shape) != expected:
+                    error = (
+                        f"preprocessed to shape {list(value.shape)}, earlier samples to {list(expected)}; "
+                        f"{extractor.shape_hint}"
+                    )
+                if error is not None:
+                    if on_error == "fail":
+                        raise CmkdError(f"{_message(item, error)} (pass --on-error skip to skip unreadable files)")
+                    result.errors.append({"id": item.id, "path": item.where, "error": error})
+                    continue
+                expected = expected or tuple(value.shape)
+                good.append(item)
+                tensors.append(value)
+            if good:
+                with torch.inference_mode(), autocast(prec, dev):
+                    feats = extractor.encode(torch.stack(tensors).to(dev, non_blocking=True))
+                feats = feats.float().cpu().numpy()
+                finite = np.isfinite(feats.reshape(len(good), -1)).all(axis=1)
+                if not finite.all():
+                    for item in (it for it, ok in zip(good, finite, strict=True) if not ok):
+                        error = "features are NaN or infinite (a silent or corrupt file?)"
+                        if on_error == "fail":
+                            raise CmkdError(f"{_message(item, error)} (pass --on-error skip to skip it)")
+                        result.errors.append({"id": item.id, "path": item.where, "error": error})
+                    good = [it for it, ok in zip(good, finite, strict=True) if ok]
+                    feats = feats[finite]
+                writer.add(good, feats)
+                result.written += len(good)
+            bar.update(len(batch))
+            if result.errors:
+                bar.set_postfix(errors=len(result.errors), refresh=False)
+    except BaseException:
+        writer.abandon()
+        raise
+    finally:
+        bar.close()
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def error_record(errors: list[dict]) -> dict:
+    """What the table's metadata keeps of the errors: the count and the first MAX_RECORDED_ERRORS."""
+    return {"count": len(errors), "first": errors[:MAX_RECORDED_ERRORS]}

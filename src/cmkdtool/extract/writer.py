@@ -1,0 +1,189 @@
+"""The streaming, resumable writer behind ``cmkdtool extract``.
+
+Rows arrive in batches. Every ``chunk_rows`` rows they are written as one small Parquet file (atomically) in
+the folder ``<output>.partial/``, next to a ``state.json`` that records what is being extracted. When the run
+ends, the parts are streamed, in order, into the output (one Parquet file, zstd, row groups of at most
+``ROW_GROUP_SIZE`` rows, written to a temporary file and renamed into place) and the folder is removed.
+
+An interrupted run (Ctrl-C, a crash, a killed job) leaves the finished parts behind. ``--resume`` reads the
+ids they hold (and, when the output already exists, the ids in it: new files added to a folder are appended)
+and skips them; the same column and extractor settings are required. Without ``--resume`` a leftover
+``<output>.partial/`` is an error rather than silently discarded work.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cmkdtool.errors import CmkdError
+from cmkdtool.io.atomic import atomic_path
+from cmkdtool.io.tables import META_KEY, ROW_GROUP_SIZE, feature_field
+
+
+def partial_dir(output: str) -> Path:
+    return Path(f"{output}.partial")
+
+
+class ExtractWriter:
+    """Collect extracted rows in resumable parts; ``finish`` writes the table.
+
+    ``settings`` (JSON-able) describes the extraction; a resumed run must have the same. The schema (feature
+    shape, label kind) is fixed by the first rows.
+    """
+
+    def __init__(
+        self, output: str, column: str, settings: dict, *, resume: bool, task: str | None, chunk_rows: int = 1024
+    ) -> None:
+        self.output = output
+        self.column = column
+        self.settings = settings
+        self.task = task
+        self.chunk_rows = max(1, int(chunk_rows))
+        self.folder = partial_dir(output)
+        self.shape: list[int] | None = None
+        self.done_ids: set[str] = set()
+        self.parts: list[Path] = []
+        self.kept_output = False
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_rows = 0
+        state = {"column": column, "settings": settings, "task": task}
+        if self.folder.exists():
+            if not resume:
+                raise CmkdError(
+                    f"{self.folder}: left by an interrupted extract; pass --resume to continue it, or delete the "
+                    "folder to start again"
+                )
+            self._resume_parts(state)
+        if resume and Path(output).is_file():
+            self._resume_output()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / "state.json").write_text(json.dumps({**state, "shape": self.shape}, sort_keys=True))
+
+    # ---- resuming ---------------------------------------------------------------------------------------
+    def _check_state(self, old: dict, new: dict, where: str) -> None:
+        for key in ("column", "settings", "task"):
+            if old.get(key) != new.get(key):
+                raise CmkdError(
+                    f"{where} was extracted with other settings ({key} differs); rerun with the same options, or "
+                    "write to a new output"
+                )
+
+    def _resume_parts(self, state: dict) -> None:
+        try:
+            old = json.loads((self.folder / "state.json").read_text())
+        except (OSError, ValueError) as e:
+            raise CmkdError(f"{self.folder}: not a cmkdtool extract in progress; delete the folder") from e
+        self._check_state(old, state, str(self.folder))
+        self.shape = old.get("shape")
+        for part in sorted(self.folder.glob("part-*.parquet")):
+            ids = pq.read_table(part, columns=["id"]).column("id").to_pylist()
+            self.done_ids.update(ids)
+            self.parts.append(part)
+
+    def _resume_output(self) -> None:
+        from cmkdtool.io.tables import _meta_of
+
+        try:
+            schema = pq.read_schema(self.output)
+            table_ids = pq.read_table(self.output, columns=["id"]).column("id").to_pylist()
+        except (pa.ArrowInvalid, OSError, KeyError) as e:
+            raise CmkdError(f"{self.output}: cannot resume into it (not a readable feature table); remove it") from e
+        old = _meta_of(schema.empty_table()).get("extract", {})
+        state = {"column": self.column, "settings": self.settings, "task": self.task}
+        self._check_state(
+            {"column": old.get("column"), "settings": old.get("settings"), "task": old.get("task")}, state, self.output
+        )
+        field = schema.field(self.column)
+        self.shape = json.loads(field.metadata[b"shape"]) if field.metadata and b"shape" in field.metadata else None
+        if self.shape is None:
+            self.shape = [field.type.list_size]
+        self.done_ids.update(table_ids)
+        self.kept_output = True
+
+    # ---- writing ----------------------------------------------------------------------------------------
+    def schema(self) -> pa.Schema:
+        fields = [pa.field("id", pa.string(), nullable=False)]
+        if self.task == "multiclass":
+            fields.append(pa.field("label", pa.int64(), nullable=False))
+        elif self.task == "multilabel":
+            fields.append(pa.field("labels", pa.list_(pa.int64()), nullable=False))
+        fields.append(pa.field("split", pa.string(), nullable=False))
+        fields.append(feature_field(self.column, self.shape))
+        return pa.schema(fields)
+
+    def add(self, items: list, values: np.ndarray) -> None:
+        """Rows for ``items`` (sources.Item) with features ``values`` of shape (len(items), *sample_shape)."""
+        if not items:
+            return
+        values = np.ascontiguousarray(values, dtype=np.float32)
+        shape = [int(s) for s in values.shape[1:]]
+        if self.shape is None:
+            self.shape = shape
+            state = json.loads((self.folder / "state.json").read_text())
+            (self.folder / "state.json").write_text(json.dumps({**state, "shape": shape}, sort_keys=True))
+        elif shape != list(self.shape):
+            raise CmkdError(
+                f"features of {items[0].where} have shape {shape}, earlier ones {list(self.shape)}; every sample "
+                "of a column needs the same shape"
+            )
+        n = len(items)
+        cols: list[pa.Array] = [pa.array([it.id for it in items], pa.string())]
+        if self.task == "multiclass":
+            cols.append(pa.array([it.label for it in items], pa.int64()))
+        elif self.task == "multilabel":
+            cols.append(pa.array([it.labels for it in items], pa.list_(pa.int64())))
+        cols.append(pa.array([it.split for it in items], pa.string()))
+        flat = values.reshape(n, -1)
+        cols.append(pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1]))
+        self._pending.append(pa.RecordBatch.from_arrays(cols, schema=self.schema()))
+        self._pending_rows += n
+        self.done_ids.update(it.id for it in items)
+        if self._pending_rows >= self.chunk_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        part = self.folder / f"part-{len(self.parts):06d}.parquet"
+        with atomic_path(part) as tmp:
+            pq.write_table(pa.Table.from_batches(self._pending), tmp, compression="zstd")
+        self.parts.append(part)
+        self._pending, self._pending_rows = [], 0
+
+    def finish(self, meta: dict) -> int:
+        """Write the output table from the parts (and the kept output when resuming); returns its row count."""
+        self.flush()
+        if self.shape is None:
+            raise CmkdError(f"{self.output}: no sample could be extracted, nothing written")
+        schema = self.schema().with_metadata({META_KEY: json.dumps(meta, sort_keys=True).encode()})
+        sources = ([self.output] if self.kept_output else []) + [str(p) for p in self.parts]
+        rows = 0
+        with atomic_path(self.output) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as w:
+            buffer: list[pa.Table] = []
+            buffered = 0
+            for src in sources:
+                t = pq.read_table(src).select(schema.names)
+                buffer.append(t.cast(schema.remove_metadata()))
+                buffered += t.num_rows
+                if buffered >= ROW_GROUP_SIZE:
+                    w.write_table(pa.concat_tables(buffer).replace_schema_metadata(schema.metadata), ROW_GROUP_SIZE)
+                    rows += buffered
+                    buffer, buffered = [], 0
+            if buffer:
+                w.write_table(pa.concat_tables(buffer).replace_schema_metadata(schema.metadata), ROW_GROUP_SIZE)
+                rows += buffered
+        shutil.rmtree(self.folder, ignore_errors=True)
+        return rows
+
+    def abandon(self) -> None:
+        """Keep the finished parts for ``--resume`` (pending rows are written first)."""
+        try:
+            self.flush()
+        except Exception:  # noqa: BLE001 - keep what is already on disk
+            pass
