@@ -1,0 +1,1 @@
+"""Ingest: media folders, manifests and arrays -> feature tables (``cmkdtool extract``)."""
