@@ -375,3 +375,74 @@ def audio(
         quiet=quiet,
         unit="clip",
     )
+
+
+# ------------------------------------------------------------------------------------------------ video
+
+FramesOpt = Annotated[int, typer.Option("--frames", help="Frames sampled uniformly over each clip.", min=1)]
+TemporalPoolOpt = Annotated[
+    str,
+    typer.Option(
+        "--temporal-pool",
+        help="Image backbones: mean or max of the per-frame features over time, or none (a [T, F] sequence).",
+    ),
+]
+VideoBackboneOpt = Annotated[
+    str,
+    typer.Option(
+        "--backbone",
+        help="torchvision video model (r2plus1d_18, r3d_18, mc3_18, s3d, ...) or image model applied per frame.",
+    ),
+]
+
+
+@app.command("video", no_args_is_help=True)
+@guard
+def video(
+    source: SourceArg,
+    output: OutOpt,
+    backbone: VideoBackboneOpt = "r2plus1d_18",
+    weights: WeightsOpt = None,
+    checkpoint: CheckpointOpt = None,
+    layer: LayerOpt = None,
+    pool: PoolOpt = "avg",
+    frames: FramesOpt = 16,
+    temporal_pool: TemporalPoolOpt = "mean",
+    resize: ResizeOpt = None,
+    crop: CropOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    name: NameOpt = None,
+    path_column: PathColumnOpt = "path",
+    split_ratio: SplitRatioOpt = "0.8,0.1,0.1",
+    split_seed: SplitSeedOpt = 0,
+    batch_size: BatchOpt = 8,
+    workers: WorkersOpt = None,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    resume: ResumeOpt = False,
+    on_error: OnErrorOpt = "skip",
+    quiet: QuietOpt = False,
+) -> None:
+    """Clips (folders of frame images, or video files with torchcodec) -> a video backbone's pooled embedding,
+    or per-frame image-backbone features pooled over time."""
+    from cmkdtool.extract.backbones import is_video_model
+    from cmkdtool.extract.image import IMAGE_EXTS
+    from cmkdtool.extract.video import VIDEO_EXTS, VideoExtractor
+
+    prep = _image_prep("rgb", resize, crop, mean, std, backbone, weights, False)
+    features, record = _backbone_features(backbone, weights, checkpoint, layer, pool, quiet)
+    extractor = VideoExtractor(prep, frames, features, record, is_video_model(backbone), temporal_pool)
+    _run(
+        "video",
+        source,
+        output,
+        extractor,
+        exts=VIDEO_EXTS,
+        clip_exts=IMAGE_EXTS,
+        **_common(name, path_column, split_ratio, split_seed, batch_size, workers, device, precision),
+        resume=resume,
+        on_error=on_error,
+        quiet=quiet,
+        unit="clip",
+    )
