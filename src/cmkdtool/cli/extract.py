@@ -56,6 +56,12 @@ ResumeOpt = Annotated[
         help="Continue an interrupted run (OUTPUT.partial/) and skip ids already in OUTPUT; same options required.",
     ),
 ]
+ChunkOpt = Annotated[
+    int,
+    typer.Option(
+        "--chunk-rows", help="Rows per resumable part: at most this much work is lost when a run is killed.", min=1
+    ),
+]
 OnErrorOpt = Annotated[
     str,
     typer.Option(
@@ -98,6 +104,7 @@ def _run(
     device: str,
     precision: str,
     resume: bool,
+    chunk_rows: int,
     on_error: str,
     quiet: bool,
     clip_exts: tuple[str, ...] = (),
@@ -117,7 +124,7 @@ def _run(
     ratio, seed = split_rule(split_ratio, split_seed)
     assign_splits(source.items, ratio, seed)
     settings = extractor.settings()
-    writer = ExtractWriter(output, column, settings, resume=resume, task=source.task)
+    writer = ExtractWriter(output, column, settings, resume=resume, task=source.task, chunk_rows=chunk_rows)
     result = run_extract(
         source,
         extractor,
@@ -267,6 +274,7 @@ def image(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     resume: ResumeOpt = False,
+    chunk_rows: ChunkOpt = 1024,
     on_error: OnErrorOpt = "skip",
     quiet: QuietOpt = False,
 ) -> None:
@@ -285,6 +293,7 @@ def image(
         exts=IMAGE_EXTS,
         **_common(name, path_column, split_ratio, split_seed, batch_size, workers, device, precision),
         resume=resume,
+        chunk_rows=chunk_rows,
         on_error=on_error,
         quiet=quiet,
         unit="img",
@@ -354,6 +363,7 @@ def audio(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     resume: ResumeOpt = False,
+    chunk_rows: ChunkOpt = 1024,
     on_error: OnErrorOpt = "skip",
     quiet: QuietOpt = False,
 ) -> None:
@@ -371,6 +381,7 @@ def audio(
         exts=AUDIO_EXTS,
         **_common(name, path_column, split_ratio, split_seed, batch_size, workers, device, precision),
         resume=resume,
+        chunk_rows=chunk_rows,
         on_error=on_error,
         quiet=quiet,
         unit="clip",
@@ -421,6 +432,7 @@ def video(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     resume: ResumeOpt = False,
+    chunk_rows: ChunkOpt = 1024,
     on_error: OnErrorOpt = "skip",
     quiet: QuietOpt = False,
 ) -> None:
@@ -442,6 +454,7 @@ def video(
         clip_exts=IMAGE_EXTS,
         **_common(name, path_column, split_ratio, split_seed, batch_size, workers, device, precision),
         resume=resume,
+        chunk_rows=chunk_rows,
         on_error=on_error,
         quiet=quiet,
         unit="clip",

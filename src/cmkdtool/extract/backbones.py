@@ -167,6 +167,7 @@ def build_backbone(name: str, weights: str | None = None, checkpoint: str | None
 
 def default_transform(name: str, weights: str | None):
     """resize, crop, mean, std of the weights' own preprocessing (ImageNet / Kinetics-400 defaults without)."""
+    check_name(name)
     if weights:
         t = resolve_weights(name, weights).transforms()
         return list(t.resize_size), list(t.crop_size), list(t.mean), list(t.std)

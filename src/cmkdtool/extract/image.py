@@ -54,7 +54,7 @@ class ImagePrep:
 
     def __call__(self, img):
         import torch
-        from torchvision.transforms.v2 import functional as F
+        from torchvision.transforms import functional as F
 
         if self.resize is not None:
             img = F.resize(img, list(self.resize), antialias=True)

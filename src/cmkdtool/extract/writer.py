@@ -66,20 +66,19 @@ class ExtractWriter:
         (self.folder / "state.json").write_text(json.dumps({**state, "shape": self.shape}, sort_keys=True))
 
     # ---- resuming ---------------------------------------------------------------------------------------
-    def _check_state(self, old: dict, new: dict, where: str) -> None:
+    def _check_state(self, old: dict, new: dict, where: str, fix: str) -> None:
         for key in ("column", "settings", "task"):
             if old.get(key) != new.get(key):
-                raise CmkdError(
-                    f"{where} was extracted with other settings ({key} differs); rerun with the same options, or "
-                    "write to a new output"
-                )
+                raise CmkdError(f"{where} was extracted with other settings ({key} differs); {fix}")
 
     def _resume_parts(self, state: dict) -> None:
         try:
             old = json.loads((self.folder / "state.json").read_text())
         except (OSError, ValueError) as e:
             raise CmkdError(f"{self.folder}: not a cmkdtool extract in progress; delete the folder") from e
-        self._check_state(old, state, str(self.folder))
+        self._check_state(
+            old, state, str(self.folder), f"rerun with the same options to resume, or delete {self.folder}"
+        )
         self.shape = old.get("shape")
         for part in sorted(self.folder.glob("part-*.parquet")):
             ids = pq.read_table(part, columns=["id"]).column("id").to_pylist()
@@ -97,7 +96,10 @@ class ExtractWriter:
         old = _meta_of(schema.empty_table()).get("extract", {})
         state = {"column": self.column, "settings": self.settings, "task": self.task}
         self._check_state(
-            {"column": old.get("column"), "settings": old.get("settings"), "task": old.get("task")}, state, self.output
+            {"column": old.get("column"), "settings": old.get("settings"), "task": old.get("task")},
+            state,
+            self.output,
+            "rerun with the same options to add samples to it, or write to a new output",
         )
         field = schema.field(self.column)
         self.shape = json.loads(field.metadata[b"shape"]) if field.metadata and b"shape" in field.metadata else None
@@ -182,8 +184,10 @@ class ExtractWriter:
         return rows
 
     def abandon(self) -> None:
-        """Keep the finished parts for ``--resume`` (pending rows are written first)."""
+        """Keep the finished parts for ``--resume`` (pending rows are written first); with none, leave nothing."""
         try:
             self.flush()
         except Exception:  # noqa: BLE001 - keep what is already on disk
             pass
+        if not self.parts:
+            shutil.rmtree(self.folder, ignore_errors=True)
