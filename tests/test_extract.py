@@ -418,3 +418,46 @@ def test_video_frames_folders_with_video_and_image_backbones(tmp_path):
         "--frames", "3", "--resize", "32", "--crop", "32", "--temporal-pool", "none", "-o", out2, "-q")  # fmt: skip
     assert column(out2, "video")["b/clip0"].shape == (3, 512)
     assert math.isclose(meta_of(out2)["extract"]["settings"]["frames"], 3)
+
+
+# ---------------------------------------------------------------------------------------------- text, array
+
+
+def test_text_lines_folders_and_manifests(tmp_path):
+    (tmp_path / "lines.txt").write_text("the cat sat\n\nthe dog ran\n")
+    run("extract", "text", tmp_path / "lines.txt", "--dim", "32", "-o", tmp_path / "l.parquet", "-q")
+    v = column(tmp_path / "l.parquet", "text")
+    assert list(v) == ["line-000001", "line-000003"]  # blank lines keep their number
+    assert all(np.isclose(np.linalg.norm(x), 1.0) for x in v.values())
+    for c, words in (("pos", ["good fine", "great good"]), ("neg", ["bad", "awful bad"])):
+        (tmp_path / "t" / c).mkdir(parents=True)
+        for i, w in enumerate(words):
+            (tmp_path / "t" / c / f"{i}.txt").write_text(w)
+    run("extract", "text", tmp_path / "t", "--tfidf", "--name", "words", "-o", tmp_path / "t.parquet", "-q")
+    t = pq.read_table(tmp_path / "t.parquet")
+    assert t.column("id").to_pylist() == ["neg/0", "neg/1", "pos/0", "pos/1"]
+    assert meta_of(tmp_path / "t.parquet")["class_names"] == ["neg", "pos"]
+    settings = meta_of(tmp_path / "t.parquet")["extract"]["settings"]
+    assert settings["tfidf"] is True and settings["n_docs"] == list(t.column("split").to_pylist()).count("train")
+    (tmp_path / "m.csv").write_text('id,text,label\na,"hello world",x\nb,"hello there",y\n')
+    run("extract", "text", tmp_path / "m.csv", "--dim", "8", "-o", tmp_path / "m.parquet", "-q")
+    assert pq.read_table(tmp_path / "m.parquet").column("label").to_pylist() == [0, 1]
+
+
+def test_array_npz_with_sidecar_trains(tmp_path):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 300)
+    x = rng.standard_normal((300, 2, 4)).astype(np.float32)
+    x[np.arange(300), 0, y] += 3.0  # the class is readable from the features
+    np.save(tmp_path / "x.npy", x)
+    ids = [f"clip{i:03d}" for i in range(300)]
+    (tmp_path / "meta.csv").write_text("id,label\n" + "".join(f"{i},{'abc'[k]}\n" for i, k in zip(ids, y, strict=True)))
+    out = tmp_path / "a.parquet"
+    run("extract", "array", tmp_path / "x.npy", "--meta", tmp_path / "meta.csv", "--name", "emb", "-o", out, "-q")
+    np.testing.assert_array_equal(np.stack(list(column(out, "emb").values())), x)
+    assert meta_of(out)["class_names"] == ["a", "b", "c"]
+    run("pretrain", out, "--input", "emb", "--epochs", "30", "-o", tmp_path / "m.safetensors", "-q")
+    acc = json.loads(run("eval", tmp_path / "m.safetensors", out, "--format", "json", "--no-retrieval").stdout)
+    assert acc["accuracy"] > 0.8
+    bad = invoke("extract", "array", tmp_path / "x.npy", "--meta", tmp_path / "nope.csv", "-o", out)
+    assert bad.exit_code == 1 and "nope.csv" in bad.stderr

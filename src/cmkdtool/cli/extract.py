@@ -109,6 +109,7 @@ def _run(
     quiet: bool,
     clip_exts: tuple[str, ...] = (),
     unit: str = "file",
+    source=None,
 ) -> None:
     from cmkdtool import __version__
     from cmkdtool.errors import CmkdUsageError
@@ -120,7 +121,8 @@ def _run(
         raise CmkdUsageError(f"unknown --on-error '{on_error}'; choose skip or fail")
     check_output(output, source_path)
     column = name or kind
-    source = read_source(source_path, exts, clip_exts=clip_exts, path_column=path_column)
+    if source is None:
+        source = read_source(source_path, exts, clip_exts=clip_exts, path_column=path_column)
     ratio, seed = split_rule(split_ratio, split_seed)
     assign_splits(source.items, ratio, seed)
     settings = extractor.settings()
@@ -459,3 +461,150 @@ def video(
         quiet=quiet,
         unit="clip",
     )
+
+
+# ------------------------------------------------------------------------------------------------- text
+
+EncoderOpt = Annotated[
+    str,
+    typer.Option(
+        "--encoder",
+        help="hashing (built-in bag of words, no download) or sentence-transformers:NAME (needs the 'text' extra; "
+        "all-MiniLM-L6-v2 is packaged for offline use).",
+    ),
+]
+DimOpt = Annotated[int, typer.Option("--dim", help="hashing: number of hash buckets (features).", min=1)]
+NgramOpt = Annotated[int, typer.Option("--ngrams", help="hashing: word n-grams up to this n (2 = words and pairs).")]
+TfidfOpt = Annotated[bool, typer.Option("--tfidf", help="hashing: weight by inverse document frequency (train split).")]
+SublinearOpt = Annotated[bool, typer.Option("--sublinear", help="hashing: term frequency 1 + ln(count).")]
+DownloadOpt = Annotated[
+    bool, typer.Option("--allow-download", help="sentence-transformers: download a model missing from the cache.")
+]
+TEXT_EXTS = (".txt", ".md")
+
+
+def _text_source(source_path: str, path_column: str):
+    from pathlib import Path
+
+    from cmkdtool.extract.sources import Item, Source, read_source
+    from cmkdtool.extract.text import read_texts
+
+    if Path(source_path).suffix.lower() == ".txt" and Path(source_path).is_file():
+        texts = read_texts(source_path)
+        items = [Item(i, text=t) for i, t in zip(texts.ids, texts.texts, strict=True)]
+        return Source(items, None, None, {"source": source_path, "layout": "lines"})
+    return read_source(source_path, TEXT_EXTS, path_column=path_column, text_column="text")
+
+
+@app.command("text", no_args_is_help=True)
+@guard
+def text(
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="A .txt file (one sample per line, ids line-000001...), a folder of class subfolders of .txt "
+            "files, or a manifest with a 'text' (or 'path') column."
+        ),
+    ],
+    output: OutOpt,
+    encoder: EncoderOpt = "hashing",
+    dim: DimOpt = 4096,
+    ngrams: NgramOpt = 1,
+    tfidf: TfidfOpt = False,
+    sublinear: SublinearOpt = False,
+    allow_download: DownloadOpt = False,
+    name: NameOpt = None,
+    path_column: PathColumnOpt = "path",
+    split_ratio: SplitRatioOpt = "0.8,0.1,0.1",
+    split_seed: SplitSeedOpt = 0,
+    batch_size: BatchOpt = 64,
+    workers: WorkersOpt = 0,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    resume: ResumeOpt = False,
+    chunk_rows: ChunkOpt = 1024,
+    on_error: OnErrorOpt = "skip",
+    quiet: QuietOpt = False,
+) -> None:
+    """Texts -> hashed bag-of-words / TF-IDF vectors (L2-normalised) or sentence-transformers embeddings."""
+    from cmkdtool.extract.sources import assign_splits
+    from cmkdtool.extract.text import TextExtractor, make_encoder
+
+    src = _text_source(source, path_column)
+    enc = make_encoder(
+        encoder,
+        dim=dim,
+        ngrams=ngrams,
+        tfidf=tfidf,
+        sublinear=sublinear,
+        device=device,
+        batch_size=batch_size,
+        allow_download=allow_download,
+    )
+    extractor = TextExtractor(enc)
+    if tfidf and encoder == "hashing":  # document frequencies from the train split only
+        ratio, seed = split_rule(split_ratio, split_seed)
+        assign_splits(src.items, ratio, seed)
+        train = [it for it in src.items if it.split == "train"]
+        enc.fit([extractor.load(it) for it in train])
+    _run(
+        "text",
+        source,
+        output,
+        extractor,
+        exts=TEXT_EXTS,
+        **_common(name, path_column, split_ratio, split_seed, batch_size, workers, device, precision),
+        resume=resume,
+        chunk_rows=chunk_rows,
+        on_error=on_error,
+        quiet=quiet,
+        unit="text",
+        source=src,
+    )
+
+
+# ------------------------------------------------------------------------------------------------ array
+
+
+@app.command("array", no_args_is_help=True)
+@guard
+def array(
+    source: Annotated[str, typer.Argument(help="Features: .npy, .npz, .csv/.tsv or .safetensors (N rows).")],
+    output: OutOpt,
+    key: Annotated[
+        str | None, typer.Option("--key", help="Array to take from .npz/.safetensors [default: the only float one].")
+    ] = None,
+    meta: Annotated[
+        str | None,
+        typer.Option(
+            "--meta", help="Sidecar CSV/Parquet with id, label or labels, split: in the same row order, or by id."
+        ),
+    ] = None,
+    name: NameOpt = None,
+    split_ratio: SplitRatioOpt = "0.8,0.1,0.1",
+    split_seed: SplitSeedOpt = 0,
+    quiet: QuietOpt = False,
+) -> None:
+    """Arrays you already computed (embeddings, spectrograms) -> a feature table, keeping the sample shape.
+
+    Ids, labels and splits come from the file itself (.npz arrays id/label/labels/split, CSV columns) or from
+    --meta; without ids the row numbers are the ids."""
+    from cmkdtool import __version__
+    from cmkdtool.extract.arrays import read_array_source
+    from cmkdtool.io.tables import build_table, hash_split, write_table
+
+    check_output(output, source, *([meta] if meta else []))
+    src = read_array_source(source, key, meta)
+    ratio, seed = split_rule(split_ratio, split_seed)
+    split = src.split if src.split is not None else list(hash_split(src.ids, ratio, seed))
+    column = name or "array"
+    task = "multiclass" if src.label is not None else ("multilabel" if src.labels is not None else None)
+    info = {"kind": "array", "column": column, "settings": src.config, "task": task}
+    if src.split is None:
+        info.update(split_ratio=ratio, split_seed=seed)
+    table_meta = {"tool": "cmkdtool", "version": __version__, "command": command_line(), "extract": info}
+    if src.class_names is not None:
+        table_meta["class_names"] = src.class_names
+    table = build_table(src.ids, {column: src.values}, label=src.label, labels=src.labels, split=split, meta=table_meta)
+    write_table(table, output)
+    note(f"wrote {output}: {src.num_rows} rows, column '{column}' of shape {list(src.sample_shape)}", quiet)

@@ -7,6 +7,7 @@ An *extractor* (image, audio, video, text, array) provides:
   on an unreadable or undecodable file);
 - ``setup(device, precision)``: move its model, if any, to the device (called once, in the main process);
 - ``encode(batch) -> Tensor``: (B, ...) preprocessed samples -> (B, ...) features (identity for ``--raw``);
+  samples that are not tensors (texts) arrive as a list, and the features may be a numpy array;
 - ``settings() -> dict``: everything that determines the features (recorded in the table, checked on resume).
 
 Samples of one batch must share their preprocessed shape; one that does not is reported like an unreadable
@@ -116,7 +117,8 @@ def run_extract(
             tensors = []
             for i, value, error in batch:
                 item = todo[i]
-                if error is None and expected is not None and tuple(value.shape) != expected:
+                shape = tuple(getattr(value, "shape", ()))
+                if error is None and expected is not None and shape != expected:
                     error = (
                         f"preprocessed to shape {list(value.shape)}, earlier samples to {list(expected)}; "
                         f"{extractor.shape_hint}"
@@ -126,13 +128,14 @@ def run_extract(
                         raise CmkdError(f"{_message(item, error)} (pass --on-error skip to skip unreadable files)")
                     result.errors.append({"id": item.id, "path": item.where, "error": error})
                     continue
-                expected = expected or tuple(value.shape)
+                expected = shape if expected is None else expected
                 good.append(item)
                 tensors.append(value)
             if good:
+                stacked = torch.stack(tensors).to(dev, non_blocking=True) if torch.is_tensor(tensors[0]) else tensors
                 with torch.inference_mode(), autocast(prec, dev):
-                    feats = extractor.encode(torch.stack(tensors).to(dev, non_blocking=True))
-                feats = feats.float().cpu().numpy()
+                    feats = extractor.encode(stacked)
+                feats = feats.float().cpu().numpy() if torch.is_tensor(feats) else np.asarray(feats, np.float32)
                 finite = np.isfinite(feats.reshape(len(good), -1)).all(axis=1)
                 if not finite.all():
                     for item in (it for it, ok in zip(good, finite, strict=True) if not ok):
