@@ -14,6 +14,10 @@ from cmkdtool.errors import CmkdUsageError
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "step", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+ARCHS = ("linear", "mlp", "cnn2d", "cnn1d", "resnet18", "gru")
+"""Model architectures (nn/models.py): the encoder trunk each input column goes through."""
+CHANNEL_ARCHS = ("cnn2d", "cnn1d", "gru")
+"""Architectures whose trunk widths come from ``ModelOptions.channels`` (spec key ``channels``)."""
 BOTTLENECK_KINDS = ("dvib", "attention", "vqvae")
 KIND_KEYS = {"attention": ("tokens", "d_model", "heads"), "vqvae": ("codebook_size", "groups", "beta")}
 """Spec keys each bottleneck kind adds to the common ones."""
@@ -101,9 +105,25 @@ class TrainConfig:
 class ModelOptions:
     """Architecture of a model that cmkdtool trains (pretrain, or a distillation student)."""
 
-    arch: str = opt("mlp", "linear (softmax regression) or mlp.")
+    arch: str = opt(
+        "mlp",
+        "Encoder of each input: linear (softmax regression), mlp, cnn2d ([C,H,W] samples), cnn1d ([C,T]), "
+        "resnet18 ([C,H,W], torchvision, 512 features) or gru ([T,D] sequences).",
+    )
+    channels: list[int] = opt(
+        [32, 64],
+        "Trunk widths, comma-separated: output channels of each conv block (3x3 conv, max-pool 2) for cnn2d and "
+        "cnn1d, or the hidden size of each stacked GRU layer for gru; the last one is the trunk's feature count. "
+        "Ignored by linear, mlp and resnet18.",
+        cli=str,
+        parse=lambda t: parse_ints(t, "--channels"),
+    )
     hidden: list[int] = opt(
-        [256], "Encoder hidden sizes for mlp, comma-separated.", cli=str, parse=lambda t: parse_ints(t, "--hidden")
+        [256],
+        "Encoder hidden sizes, comma-separated: the MLP layers of mlp, or the fully connected layers after the "
+        "pooled trunk of cnn2d, cnn1d, resnet18 and gru ('' = none there).",
+        cli=str,
+        parse=lambda t: parse_ints(t, "--hidden"),
     )
     head_hidden: list[int] = opt(
         [],
@@ -113,15 +133,15 @@ class ModelOptions:
     )
     activation: str = opt("relu", "relu, leaky_relu, gelu or identity (a linear feature extractor).")
     dropout: float = opt(0.0, "Dropout probability after hidden layers.")
-    batch_norm: bool = opt(False, "BatchNorm after hidden layers.")
+    batch_norm: bool = opt(False, "BatchNorm after hidden layers and after each conv of cnn2d/cnn1d.")
 
     def spec(self, data, role: str, inputs: list[str] | None = None) -> dict:
         """The JSON model spec (see nn/models.py) for ``inputs`` (default: all) and the classes of ``data``."""
-        return {
+        spec = {
             "role": role,
             "arch": self.arch,
             "inputs": [{"name": n, "shape": list(data.shapes[n])} for n in (inputs or list(data.inputs))],
-            "hidden": list(self.hidden) if self.arch == "mlp" else [],
+            "hidden": list(self.hidden) if self.arch != "linear" else [],
             "head_hidden": list(self.head_hidden),
             "activation": self.activation,
             "dropout": self.dropout,
@@ -130,6 +150,9 @@ class ModelOptions:
             "task": data.task,
             "class_names": data.class_names,
         }
+        if self.arch in CHANNEL_ARCHS:
+            spec["channels"] = list(self.channels)
+        return spec
 
 
 @dataclass

@@ -289,7 +289,8 @@ def fit(
         if not quiet:
             print(f"note: {data.source} has no val rows; keeping the last epoch's weights", file=sys.stderr)
     bs = n_train if cfg.batch_size is None else min(cfg.batch_size, n_train)
-    steps = math.ceil(n_train / bs)
+    # a lone last row joins the previous batch (BatchNorm cannot train on one sample)
+    steps = max(1, n_train // bs + (n_train % bs > 1))
     method.setup(data)
     groups = [g for g in method.param_groups() if g["params"]]
     params = [p for g in groups for p in g["params"]]
@@ -361,7 +362,7 @@ def fit(
         lr_now = opt.param_groups[0]["lr"]  # the rate this epoch starts with
         sums: dict[str, Tensor] = {}
         for s in range(steps):
-            idx = perm[s * bs : (s + 1) * bs]
+            idx = perm[s * bs : n_train if s == steps - 1 else (s + 1) * bs]
             batch = Batch(LazyRows(data.inputs, idx), None if data.target is None else data.target[idx], idx)
             with autocast(cfg.precision, device):
                 terms = method.training_step(batch)

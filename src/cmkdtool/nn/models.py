@@ -4,15 +4,40 @@ A model sees one or more input columns. Each input is standardised (train-split 
 buffers in the state_dict), passed through its own encoder, the encoder outputs are concatenated (late fusion)
 into the *embedding*, and a head maps the embedding to class logits.
 
+An encoder is a *trunk* chosen by ``arch`` followed by fully connected ``hidden`` layers (an MLP):
+
+  linear    no encoder at all (softmax regression on the standardised input); ``hidden`` must be empty
+  mlp       no trunk: the flattened input goes through the ``hidden`` layers (at least one)
+  cnn2d     samples [C, H, W] ([H, W] is read as C = 1): per entry of ``channels`` a block
+            Conv2d 3x3 (padding 1) -> [BatchNorm2d] -> activation -> MaxPool2d 2 (a side of length 1 is not
+            pooled; a block on a 1x1 map has no pool), then global average pooling: ``channels[-1]`` features
+  cnn1d     samples [C, T] ([T] is read as C = 1): the same blocks with Conv1d / BatchNorm1d / MaxPool1d
+  resnet18  samples [C, H, W] ([H, W] is read as C = 1): torchvision's ResNet-18 (random init), its conv1 made
+            for C input channels, its fc removed: 512 features after global average pooling. Its own
+            BatchNorm and ReLU are always there (``activation`` and ``batch_norm`` only shape the ``hidden``
+            layers). Any input of at least 1x1 works (8x8 maps shrink to 1x1 after layer2).
+  gru       samples [T, D] ([T] is read as D = 1), batch first: one unidirectional GRU per entry of
+            ``channels`` (its hidden size); each passes its whole output sequence to the next, and the last
+            one gives its final hidden state h_T: ``channels[-1]`` features
+
+``hidden`` may be empty for cnn2d, cnn1d, resnet18 and gru (the pooled trunk output is the encoder output).
+Every encoder module (a trunk module, a pooling step, an MLP layer) is one layer ``encoders.<col>.<i>``;
+``forward_layers`` returns its output flattened row-major, and ``layer_width`` is that flattened width (e.g.
+C*H*W for a conv block). A module of the trunk also accepts its input flattened, so any layer's flattened
+output can be fed to the rest of the encoder (as permutation salience does), and a channel mask on a conv
+layer masks single (channel, position) features of the flattened output.
+
 Spec keys (see docs/formats.md):
-  arch          "linear" (no encoder: logistic/softmax regression) or "mlp"
+  arch          linear | mlp | cnn2d | cnn1d | resnet18 | gru (ARCHS in engine/config.py)
   inputs        [{"name": column, "shape": [..]}]
-  hidden        encoder hidden sizes (mlp), e.g. [256, 128]
+  channels      trunk widths of cnn2d, cnn1d (conv output channels per block) and gru (hidden size per GRU
+                layer), e.g. [32, 64]; absent for the other archs
+  hidden        encoder hidden sizes of the MLP after the trunk, e.g. [256, 128]
   head_hidden   hidden sizes of the head after fusion (default [] = one linear layer)
   activation    relu | leaky_relu | gelu | identity (identity: a linear feature extractor, as CIBA's
-                synthetic two-layer linear model)
-  dropout       dropout probability after each hidden activation
-  batch_norm    BatchNorm1d after each hidden linear layer
+                synthetic two-layer linear model); used by the conv blocks and the MLP layers
+  dropout       dropout probability after each hidden activation of the MLP layers (not in the trunk)
+  batch_norm    BatchNorm1d after each hidden linear layer, and BatchNorm after each conv of cnn2d/cnn1d
   num_classes, task ("multiclass" | "multilabel"), class_names, role
   mask          optional channel mask (see ``ChannelMask``): {"layer", "dim", "removed", "fill", ...}; the
                 removed channels of that layer are replaced by zero or by their train mean in every forward
@@ -25,10 +50,10 @@ import math
 import torch
 from torch import Tensor, nn
 
+from cmkdtool.engine.config import ARCHS, CHANNEL_ARCHS
 from cmkdtool.errors import CmkdError, CmkdUsageError
 
 ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "gelu": nn.GELU, "identity": nn.Identity}
-ARCHS = ("linear", "mlp")
 ROLES = ("teacher", "student")
 
 
@@ -118,6 +143,149 @@ def mlp(in_dim: int, hidden: list[int], activation: str, dropout: float, batch_n
     return nn.Sequential(*layers)
 
 
+class GlobalAvgPool(nn.Module):
+    """Mean over every position of a (N, C, ...) feature map: (N, C)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.flatten(2).mean(2)
+
+
+class GRULayer(nn.GRU):
+    """A one-layer, unidirectional, batch-first ``nn.GRU`` that returns a tensor: its output sequence (N, T, H),
+    or with ``last=True`` its final hidden state h_T (N, H)."""
+
+    def __init__(self, input_size: int, hidden_size: int, last: bool) -> None:
+        super().__init__(input_size, hidden_size, batch_first=True)
+        self.last = last
+
+    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+        out, h = super().forward(x)
+        return h[-1] if self.last else out
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, last={self.last}"
+
+
+class AcceptFlat:
+    """Forward pre-hook: a (N, prod(shape)) input is viewed as (N, *shape) (row-major) before the module runs."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.shape = tuple(shape)
+
+    def __call__(self, module: nn.Module, args: tuple):
+        x = args[0]
+        if x.dim() == 2:
+            return (x.reshape(x.shape[0], *self.shape), *args[1:])
+        return None
+
+
+IMAGE_ARCHS = ("cnn2d", "resnet18")
+
+
+def trunk_shape(arch: str, name: str, shape) -> tuple[int, ...]:
+    """The shape the ``arch`` trunk reads the samples of column ``name`` (of sample ``shape``) as."""
+    shape = tuple(int(s) for s in shape)
+    if arch in ("linear", "mlp"):
+        return (math.prod(shape),)
+    if arch in IMAGE_ARCHS and len(shape) in (2, 3):
+        return shape if len(shape) == 3 else (1, *shape)
+    if arch == "cnn1d" and len(shape) in (1, 2):
+        return shape if len(shape) == 2 else (1, *shape)
+    if arch == "gru" and len(shape) in (1, 2):
+        return shape if len(shape) == 2 else (*shape, 1)
+    need = {"cnn2d": "[C, H, W]", "resnet18": "[C, H, W]", "cnn1d": "[C, T]", "gru": "[T, D]"}[arch]
+    if arch in IMAGE_ARCHS:
+        hint = "store them with their shape (e.g. extract image --raw) or use --arch mlp"
+    elif len(shape) == 3:
+        hint = "use --arch cnn2d, resnet18 or mlp"
+    else:
+        hint = "use --arch mlp"
+    raise CmkdUsageError(f"column {name!r} has shape {list(shape)}; {arch} needs {need} samples ({hint})")
+
+
+def conv_trunk(shape: tuple[int, ...], channels: list[int], activation: str, batch_norm: bool) -> list[nn.Module]:
+    """Conv 3x3 -> [BatchNorm] -> activation -> MaxPool 2 per width, then global average pooling.
+
+    ``shape`` is [C, H, W] (2-D convolutions) or [C, T] (1-D). A side of length 1 is not pooled (kernel 1 along
+    it), and a block whose map is already 1 (x 1) has no pooling module, so small inputs (8x8) work.
+    """
+    two_d = len(shape) == 3
+    conv, norm, pool = (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d) if two_d else (nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d)
+    c, *sides = shape
+    layers: list[nn.Module] = []
+    for width in channels:
+        layers.append(conv(c, width, kernel_size=3, padding=1, bias=not batch_norm))
+        if batch_norm:
+            layers.append(norm(width))
+        layers.append(ACTIVATIONS[activation]())
+        kernel = tuple(2 if s >= 2 else 1 for s in sides)
+        if max(kernel) > 1:
+            layers.append(pool(kernel if two_d else kernel[0]))
+            sides = [s // k for s, k in zip(sides, kernel, strict=True)]
+        c = width
+    layers.append(GlobalAvgPool())
+    return layers
+
+
+def resnet18_trunk(in_channels: int) -> list[nn.Module]:
+    """torchvision's ResNet-18 (no pretrained weights) up to its global average pooling: 512 features.
+
+    conv1 is replaced by a 7x7/2 convolution from ``in_channels`` channels (Kaiming-initialised as torchvision
+    initialises its convolutions); the stem's ReLU is not in place, so ``forward_layers`` sees bn1's output.
+    """
+    from torchvision.models import resnet18
+
+    net = resnet18(weights=None)
+    conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    nn.init.kaiming_normal_(conv1.weight, mode="fan_out", nonlinearity="relu")
+    return [conv1, net.bn1, nn.ReLU(), net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4, GlobalAvgPool()]
+
+
+def gru_trunk(shape: tuple[int, ...], channels: list[int]) -> list[nn.Module]:
+    """Stacked one-layer GRUs of hidden sizes ``channels`` on [T, D] samples; the last gives h_T."""
+    layers: list[nn.Module] = []
+    d = shape[1]
+    for i, h in enumerate(channels):
+        layers.append(GRULayer(d, h, last=i == len(channels) - 1))
+        d = h
+    return layers
+
+
+def encoder(arch: str, shape: tuple[int, ...], spec: dict) -> tuple[nn.Sequential, list[int]]:
+    """The encoder of one input of trunk shape ``shape`` (see ``trunk_shape``) and each module's output width.
+
+    The widths (flattened, per sample) come from one forward of a zero sample in eval mode (no RNG is drawn and
+    no statistic moves); every module whose input is not a vector gets an ``AcceptFlat`` pre-hook.
+    """
+    act, drop, bn = spec.get("activation", "relu"), float(spec.get("dropout", 0.0)), bool(spec.get("batch_norm"))
+    channels = [int(c) for c in spec.get("channels") or []]
+    if arch in ("cnn2d", "cnn1d"):
+        trunk = conv_trunk(shape, channels, act, bn)
+    elif arch == "resnet18":
+        trunk = resnet18_trunk(shape[0])
+    elif arch == "gru":
+        trunk = gru_trunk(shape, channels)
+    else:
+        trunk = []
+    hidden = [int(h) for h in spec.get("hidden") or []]
+    widths: list[int] = []
+    x = torch.zeros(1, *shape)
+    with torch.no_grad():
+        for m in trunk:
+            m.eval()
+            if x.dim() > 2:
+                m.register_forward_pre_hook(AcceptFlat(tuple(x.shape[1:])))
+            x = m(x)
+            m.train()
+            widths.append(int(math.prod(x.shape[1:])))
+    head = mlp(int(x.shape[1]), hidden, act, drop, bn)  # every trunk ends in (N, features)
+    d = int(x.shape[1])
+    for m in head:
+        d = m.out_features if isinstance(m, nn.Linear) else d
+        widths.append(d)
+    return nn.Sequential(*trunk, *head), widths
+
+
 def _validate(spec: dict) -> None:
     if spec.get("arch") not in ARCHS:
         raise CmkdUsageError(f"unknown architecture {spec.get('arch')!r}; choose one of {', '.join(ARCHS)}")
@@ -131,11 +299,18 @@ def _validate(spec: dict) -> None:
         raise CmkdUsageError(f"unknown role {spec.get('role')!r}; choose one of {', '.join(ROLES)}")
     if spec["arch"] == "mlp" and not spec.get("hidden"):
         raise CmkdUsageError("architecture 'mlp' needs hidden sizes, e.g. --hidden 256,128")
+    if spec["arch"] in CHANNEL_ARCHS:
+        channels = spec.get("channels") or []
+        if not channels:
+            raise CmkdUsageError(f"architecture {spec['arch']!r} needs trunk widths, e.g. --channels 32,64")
+        if any(int(c) < 1 for c in channels):
+            raise CmkdUsageError(f"--channels must be positive integers; got {','.join(map(str, channels))}")
     if not spec.get("inputs"):
         raise CmkdUsageError("a model needs at least one --input column")
     for i in spec["inputs"]:
         if "." in i["name"] or not i["name"]:
             raise CmkdError(f"input column name {i['name']!r} cannot be used as a layer name; rename the column")
+        trunk_shape(spec["arch"], i["name"], i["shape"])
     if int(spec.get("num_classes", 0)) < 1:
         raise CmkdError("a model needs at least one class")
     mask = spec.get("mask")
@@ -161,9 +336,11 @@ class CmkdModel(nn.Module):
         self.input_names = [i["name"] for i in spec["inputs"]]
         self.input_dims = {i["name"]: int(math.prod(i["shape"])) for i in spec["inputs"]}
         self.norm = nn.ModuleDict({n: Standardize(d) for n, d in self.input_dims.items()})
-        hidden = [int(h) for h in spec.get("hidden") or []]
-        self.encoders = nn.ModuleDict({n: mlp(d, hidden, act, drop, bn) for n, d in self.input_dims.items()})
-        self.embed_dim = sum(hidden[-1] if hidden else d for d in self.input_dims.values())
+        built = {i["name"]: encoder(spec["arch"], trunk_shape(spec["arch"], i["name"], i["shape"]), spec)
+                 for i in spec["inputs"]}  # fmt: skip
+        self.encoders = nn.ModuleDict({n: enc for n, (enc, _) in built.items()})
+        self._encoder_widths = {f"encoders.{n}.{i}": w for n, (_, ws) in built.items() for i, w in enumerate(ws)}
+        self.embed_dim = sum(ws[-1] if ws else self.input_dims[n] for n, (_, ws) in built.items())
         head_hidden = [int(h) for h in spec.get("head_hidden") or []]
         self.head = nn.Sequential(
             *mlp(self.embed_dim, head_hidden, act, drop, bn),
@@ -212,7 +389,9 @@ class CmkdModel(nn.Module):
         return [n for n in self.layer_names() if n not in ("logits", f"head.{len(self.head) - 1}")]
 
     def _mask_hook(self, module: nn.Module, args, output: Tensor) -> Tensor:
-        return self.channel_mask(output)
+        if output.dim() == 2:
+            return self.channel_mask(output)
+        return self.channel_mask(output.flatten(1)).reshape(output.shape)  # a conv map or a GRU output sequence
 
     def _masked(self, layer: str, x: Tensor) -> Tensor:
         """``x`` (the output of ``layer``) with the mask applied if the mask sits on that layer."""
@@ -224,19 +403,14 @@ class CmkdModel(nn.Module):
         return self.norm[name](self._masked(f"input.{name}", x.flatten(1)))
 
     def layer_width(self, layer: str) -> int:
-        """Number of channels (features) of a layer's output."""
+        """Number of channels (features) of a layer's output, flattened (C*H*W for a conv map)."""
         if layer.startswith("input."):
             return self.input_dims[layer[len("input.") :]]
         if layer == "embedding":
             return self.embed_dim
         if layer == "logits":
             return int(self.spec["num_classes"])
-        widths = {}
-        for n in self.input_names:
-            d = self.input_dims[n]
-            for i, m in enumerate(self.encoders[n]):
-                d = m.out_features if isinstance(m, nn.Linear) else d
-                widths[f"encoders.{n}.{i}"] = d
+        widths = dict(self._encoder_widths)
         d = self.embed_dim
         for i, m in enumerate(self.head):
             d = m.out_features if isinstance(m, nn.Linear) else d
