@@ -32,6 +32,17 @@ def test_subcommand_help_imports_no_torch():
     assert "TORCH False" in out and "--input" in out and "--batch-size" in out
 
 
+def test_extract_help_imports_no_torch():
+    code = (
+        "import sys\nfrom cmkdtool.cli.app import main\n"
+        "for kind in ('image', 'audio', 'video', 'text', 'array'):\n"
+        "    try:\n        main(['extract', kind, '--help'])\n    except SystemExit:\n        pass\n"
+        "print('HEAVY', [m for m in ('torch', 'pyarrow', 'numpy') if m in sys.modules])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "HEAVY []" in out and "--backbone" in out and "--n-mfcc" in out and "--tfidf" in out and "--meta" in out
+
+
 def test_completion_scripts_are_current():
     from cmkdtool.cli.completions import render_all
 
