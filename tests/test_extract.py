@@ -123,6 +123,10 @@ def test_images_of_different_sizes_need_resize(images, tmp_path):
     Image.fromarray(np.zeros((5, 5, 3), np.uint8)).save(root / "cat" / "small.png")
     result = invoke("extract", "image", root, "--raw", "--on-error", "fail", "-o", tmp_path / "x.parquet", "-q")
     assert result.exit_code == 1 and "--resize" in result.stderr and "small.png" in result.stderr
+    # batches of one are stacked in the worker; a later batch of another size is still caught
+    result = run("extract", "image", root, "--raw", "--batch-size", "1", "-o", tmp_path / "z.parquet", "-q")
+    assert "cat/small.png: preprocessed to shape [3, 5, 5], earlier samples to [3, 10, 12]" in result.stderr
+    assert len(column(tmp_path / "z.parquet", "image")) == 7
     run("extract", "image", root, "--raw", "--resize", "6,6", "-o", tmp_path / "y.parquet", "-q")
     assert column(tmp_path / "y.parquet", "image")["cat/small"].shape == (3, 6, 6)
 

@@ -60,7 +60,15 @@ class _Samples:
 
 
 def _collate(batch):
-    return batch
+    """In the worker: ``(records, stacked)``. When every readable sample is a tensor of one shape they are
+    stacked here (records then carry no values), which spares the main process a copy per batch; otherwise
+    ``stacked`` is None and the values stay in the records."""
+    import torch
+
+    values = [v for _, v, e in batch if e is None]
+    if values and all(torch.is_tensor(v) for v in values) and len({tuple(v.shape) for v in values}) == 1:
+        return [(i, None, e) for i, _, e in batch], torch.stack(values)
+    return batch, None
 
 
 def _message(item: Item, error: str) -> str:
@@ -112,15 +120,19 @@ def run_extract(
     bar = tqdm(total=len(todo), unit=unit, file=sys.stderr, disable=quiet, dynamic_ncols=True, desc="extract")
     expected: tuple | None = None  # the preprocessed shape of the first good sample
     try:
-        for batch in loader:
+        for batch, stacked in loader:
+            if stacked is not None and expected not in (None, tuple(stacked.shape[1:])):
+                values = iter(stacked.unbind(0))  # a batch of another size: report each sample
+                batch = [(i, next(values) if e is None else None, e) for i, _, e in batch]
+                stacked = None
             good: list[Item] = []
             tensors = []
             for i, value, error in batch:
                 item = todo[i]
-                shape = tuple(getattr(value, "shape", ()))
+                shape = tuple(stacked.shape[1:]) if stacked is not None else tuple(getattr(value, "shape", ()))
                 if error is None and expected is not None and shape != expected:
                     error = (
-                        f"preprocessed to shape {list(value.shape)}, earlier samples to {list(expected)}; "
+                        f"preprocessed to shape {list(shape)}, earlier samples to {list(expected)}; "
                         f"{extractor.shape_hint}"
                     )
                 if error is not None:
@@ -132,7 +144,10 @@ def run_extract(
                 good.append(item)
                 tensors.append(value)
             if good:
-                stacked = torch.stack(tensors).to(dev, non_blocking=True) if torch.is_tensor(tensors[0]) else tensors
+                if stacked is None:
+                    stacked = torch.stack(tensors) if torch.is_tensor(tensors[0]) else tensors
+                if torch.is_tensor(stacked):
+                    stacked = stacked.to(dev, non_blocking=True)
                 with torch.inference_mode(), autocast(prec, dev):
                     feats = extractor.encode(stacked)
                 feats = feats.float().cpu().numpy() if torch.is_tensor(feats) else np.asarray(feats, np.float32)
