@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -94,3 +96,32 @@ def test_quickstart_example_runs(tmp_path):
     ranks = {Path(s["input"].split(":")[0]).stem: s["rank_tol"] for s in spectra}
     assert ranks == {"ortho-baseline": 32, "ortho-feature": 8}  # collapse to D_g = 8 (CIBA Theorem 1)
     assert (tmp_path / "spectrum.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_av_digits_example_runs(tmp_path):
+    """examples/av_digits on a small set: real PNG and WAV files -> extract -> pretrain -> distill kd -> eval."""
+    import json
+    import shutil
+
+    can_install = os.geteuid() == 0 or shutil.which("sudo") is not None
+    if shutil.which("espeak-ng") is None and not can_install:
+        pytest.skip("espeak-ng is not installed and cannot be installed here (apt-get install espeak-ng)")
+    env = {
+        **os.environ,
+        "PER_CLASS": "24",
+        "EPOCHS": "15",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    script = ROOT / "examples" / "av_digits" / "run.sh"
+    res = subprocess.run(["bash", str(script), str(tmp_path)], capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = {line[:26].strip(): line.split() for line in res.stdout.splitlines() if "(" in line or "teacher" in line}
+    assert {"audio teacher", "image baseline (no KD)", "image student (KD)"} <= set(rows)
+    assert len(list((tmp_path / "data" / "audio").rglob("*.wav"))) == 240
+    teacher = json.loads((tmp_path / "teacher.json").read_text())["accuracy"]
+    baseline = json.loads((tmp_path / "baseline.json").read_text())["accuracy"]
+    assert teacher > 0.5 and baseline > 0.2  # 10 classes: chance is 0.1
+    from cmkdtool.io.checkpoints import read_metadata
+
+    spec, record = read_metadata(tmp_path / "student.safetensors")
+    assert record["method"] == "kd" and spec["arch"] == "cnn2d" and spec["inputs"][0]["shape"] == [1, 8, 8]
