@@ -465,3 +465,129 @@ def test_array_npz_with_sidecar_trains(tmp_path):
     assert acc["accuracy"] > 0.8
     bad = invoke("extract", "array", tmp_path / "x.npy", "--meta", tmp_path / "nope.csv", "-o", out)
     assert bad.exit_code == 1 and "nope.csv" in bad.stderr
+
+
+# ---------------------------------------------------------------------------------------------- review fixes
+
+
+def test_resume_refuses_other_classes_or_split_rule(images, tmp_path):
+    root, _ = images
+    out = tmp_path / "r.parquet"
+    run("extract", "image", root, "--raw", "-o", out, "-q")
+    (root / "ant").mkdir()
+    Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(root / "ant" / "9.png")
+    r = invoke("extract", "image", root, "--raw", "-o", out, "--resume", "-q")
+    assert r.exit_code == 1 and "class_names" in r.stderr  # old labels would mean other classes
+    (root / "ant" / "9.png").unlink()
+    (root / "ant").rmdir()
+    r = invoke("extract", "image", root, "--raw", "-o", out, "--resume", "--split-ratio", "0,0,1", "-q")
+    assert r.exit_code == 1 and "split_rule" in r.stderr
+    r = invoke("extract", "image", root, "--raw", "--resize", "5", "-o", out, "--resume", "-q")
+    assert r.exit_code == 1 and "settings.preprocess" in r.stderr
+
+
+def test_a_crash_between_rename_and_cleanup_does_not_duplicate_rows(images, tmp_path, monkeypatch):
+    from cmkdtool.extract import writer as writer_mod
+
+    root, _ = images
+    out = tmp_path / "d.parquet"
+    monkeypatch.setattr(writer_mod.shutil, "rmtree", lambda *a, **k: None)  # killed right after the rename
+    run("extract", "image", root, "--raw", "--chunk-rows", "3", "-o", out, "-q")
+    assert (tmp_path / "d.parquet.partial").is_dir()
+    monkeypatch.undo()
+    run("extract", "image", root, "--raw", "--chunk-rows", "3", "-o", out, "--resume", "-q")
+    ids = pq.read_table(out).column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == 7 and not (tmp_path / "d.parquet.partial").exists()
+
+
+def test_a_new_file_of_another_size_is_skipped_when_resuming(images, tmp_path):
+    root, _ = images
+    out = tmp_path / "o.parquet"
+    run("extract", "image", root, "--raw", "-o", out, "-q")
+    Image.fromarray(np.zeros((30, 30, 3), np.uint8)).save(root / "cat" / "big.png")
+    Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(root / "cat" / "ok.png")
+    r = run("extract", "image", root, "--raw", "-o", out, "--resume", "-q")
+    assert "big.png" in r.stderr and "[3, 10, 12]" in r.stderr
+    assert set(column(out, "image")) >= {"cat/ok"} and "cat/big" not in column(out, "image")
+
+
+def test_16_bit_png_and_animated_gif(tmp_path):
+    root = tmp_path / "x" / "a"
+    root.mkdir(parents=True)
+    a16 = np.array([[0, 65535], [32768, 65535]], np.uint16)
+    Image.fromarray(a16).save(root / "deep.png")
+    frames = [Image.fromarray(np.full((2, 2, 3), v, np.uint8)) for v in (255, 0)]
+    frames[0].save(root / "anim.gif", save_all=True, append_images=frames[1:])
+    run("extract", "image", tmp_path / "x", "--raw", "--mode", "gray", "-o", tmp_path / "o.parquet", "-q")
+    v = column(tmp_path / "o.parquet", "image")
+    np.testing.assert_allclose(v["a/deep"][0], a16 / 65535, atol=1e-6)
+    np.testing.assert_allclose(v["a/anim"], 1.0, atol=1 / 255)  # the first (white) frame, in gray
+
+
+def test_failures_before_any_row_leave_nothing_behind(images, tmp_path):
+    root, _ = images
+    out = tmp_path / "dev.parquet"
+    if not torch.cuda.is_available():
+        r = invoke("extract", "image", root, "--raw", "-o", out, "--device", "cuda", "-q")
+        assert r.exit_code == 1 and "CUDA" in r.stderr
+        assert not (tmp_path / "dev.parquet.partial").exists()
+    bad = tmp_path / "bad" / "a"
+    bad.mkdir(parents=True)
+    (bad / "1.png").write_text("x")
+    r = invoke("extract", "image", tmp_path / "bad", "--raw", "-o", out, "-q")
+    assert r.exit_code == 1 and "no sample could be extracted" in r.stderr and "1.png" in r.stderr
+    assert not out.exists() and not (tmp_path / "dev.parquet.partial").exists()
+    run("extract", "image", root, "--raw", "-o", out, "-q")
+
+
+def test_outputs_that_are_inputs_are_refused(images, tmp_path):
+    root, _ = images
+    torch.manual_seed(0)
+    ckpt = tmp_path / "r.safetensors"
+    save_file(torchvision.models.resnet18().state_dict(), ckpt)
+    r = invoke("extract", "image", root, "--backbone", "resnet18", "--checkpoint", ckpt, "-o", ckpt)
+    assert r.exit_code == 2 and "also an input" in r.stderr
+    r = invoke("extract", "image", root, "--raw", "-o", root / "cat" / "00.png")
+    assert r.exit_code == 2 and "also an input" in r.stderr
+    r = invoke("extract", "image", root, "--raw", "--checkpoint", ckpt, "-o", tmp_path / "x.parquet")
+    assert r.exit_code == 2 and "--backbone" in r.stderr
+
+
+def test_model_errors_become_one_line():
+    from cmkdtool.errors import CmkdError
+    from cmkdtool.extract.runner import _encode
+    from cmkdtool.extract.sources import Item
+
+    class Picky:
+        def encode(self, x):
+            raise AssertionError("Wrong image height! Expected 224")
+
+    with pytest.raises(CmkdError, match=r"a\.png: the model cannot take inputs of shape \[3, 8, 8\].*224"):
+        _encode(Picky(), torch.zeros(2, 3, 8, 8), [], [Item("a", "a.png")], torch.device("cpu"), "fp32")
+
+
+def test_default_layer_of_models_without_a_linear_classifier():
+    from cmkdtool.extract.backbones import LayerFeatures
+
+    model = torchvision.models.squeezenet1_1().eval()  # classifier: Dropout, Conv2d 1x1, ReLU, AvgPool
+    with torch.no_grad():
+        out = LayerFeatures(model)(torch.zeros(2, 3, 64, 64))
+    assert out.shape == (2, 512)
+
+
+def test_manifest_labels_and_folder_ids(tmp_path):
+    from cmkdtool.errors import CmkdError
+    from cmkdtool.extract.sources import from_folder, parse_labels
+
+    assert parse_labels(["b;a;a", None, ""], "m", multi=True) == ([[0, 1], [], []], ["a", "b"])
+    assert parse_labels([[2, 0, 2], None], "m", multi=True) == ([[0, 2], []], None)
+    with pytest.raises(CmkdError, match="1.5 is not a class index"):
+        parse_labels(["0", "1.5"], "m", multi=False)
+    assert parse_labels(["cat", "0"], "m", multi=False) == ([1, 0], ["0", "cat"])
+    clip = tmp_path / "v" / "run" / "clip0.v1"
+    clip.mkdir(parents=True)
+    Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(clip / "f0.png")
+    (tmp_path / "v" / "run" / ".ipynb_checkpoints").mkdir()
+    Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(tmp_path / "v" / "run" / ".ipynb_checkpoints" / "x.png")
+    src = from_folder(str(tmp_path / "v"), (".mp4",), (".png",))
+    assert [it.id for it in src.items] == ["run/clip0.v1"]

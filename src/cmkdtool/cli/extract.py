@@ -19,6 +19,7 @@ from cmkdtool.cli.common import (
     parse_ints,
     split_rule,
 )
+from cmkdtool.errors import CmkdError, CmkdUsageError
 
 app = typer.Typer(
     help="Turn a folder with one subfolder per class (or a CSV/Parquet manifest: id, path, label/labels, split) "
@@ -91,6 +92,15 @@ def _default_workers(n_items: int) -> int:
     return 0 if n_items < 64 or cores <= 2 else min(8, cores - 1)
 
 
+def _check_not_a_sample(output: str, source) -> None:
+    import os
+
+    out = os.path.realpath(output)
+    for item in source.items:
+        if item.path is not None and os.path.realpath(item.path) == out:
+            raise CmkdUsageError(f"output {output} is also an input ({item.id}); write to another file")
+
+
 def _run(
     kind: str,
     source_path: str,
@@ -113,23 +123,33 @@ def _run(
     clip_exts: tuple[str, ...] = (),
     unit: str = "file",
     source=None,
+    inputs: tuple = (),
 ) -> None:
     from cmkdtool import __version__
-    from cmkdtool.errors import CmkdUsageError
     from cmkdtool.extract.runner import ON_ERROR, error_record, run_extract
     from cmkdtool.extract.sources import assign_splits, read_source
     from cmkdtool.extract.writer import ExtractWriter
 
     if on_error not in ON_ERROR:
         raise CmkdUsageError(f"unknown --on-error '{on_error}'; choose skip or fail")
-    check_output(output, source_path)
+    check_output(output, source_path, *[p for p in inputs if p])
     column = name or kind
     if source is None:
         source = read_source(source_path, exts, clip_exts=clip_exts, path_column=path_column)
+    _check_not_a_sample(output, source)
     ratio, seed = split_rule(split_ratio, split_seed)
     assign_splits(source.items, ratio, seed)
     settings = extractor.settings()
-    writer = ExtractWriter(output, column, settings, resume=resume, task=source.task, chunk_rows=chunk_rows)
+    writer = ExtractWriter(
+        output,
+        column,
+        settings,
+        resume=resume,
+        task=source.task,
+        class_names=source.class_names,
+        split_rule=[ratio, seed],
+        chunk_rows=chunk_rows,
+    )
     result = run_extract(
         source,
         extractor,
@@ -161,6 +181,12 @@ def _run(
     }
     if source.class_names is None:
         del meta["class_names"]
+    if writer.shape is None and result.errors:
+        first = result.errors[0]
+        raise CmkdError(
+            f"{output}: no sample could be extracted, nothing written; {len(result.errors)} failed, the first: "
+            f"{first['path']}: {first['error']}"
+        )
     rows = writer.finish(meta)
     rate = result.written / result.seconds if result.seconds > 0 else float("nan")
     resumed = f", {result.skipped} already there" if result.skipped else ""
@@ -227,11 +253,10 @@ def _backbone_features(backbone, weights, checkpoint, layer, pool, quiet):
     from cmkdtool.extract.backbones import LayerFeatures, build_backbone
 
     model, record = build_backbone(backbone, weights, checkpoint, quiet)
-    return LayerFeatures(model, layer, pool), record
+    return LayerFeatures(model, layer, pool, channels_last=backbone.startswith("swin")), record
 
 
 def _image_prep(mode, resize, crop, mean, std, backbone, weights, raw):
-    from cmkdtool.errors import CmkdUsageError
     from cmkdtool.extract.backbones import default_transform
     from cmkdtool.extract.image import ImagePrep
 
@@ -286,6 +311,8 @@ def image(
     """Images (PNG, JPEG, WebP, GIF) -> pooled features of a torchvision backbone, or raw pixels with --raw."""
     from cmkdtool.extract.image import IMAGE_EXTS, ImageExtractor
 
+    if raw and (weights or checkpoint or layer):
+        raise CmkdUsageError("--weights, --checkpoint and --layer need --backbone; --raw stores pixels")
     prep = _image_prep(mode, resize, crop, mean, std, backbone, weights, raw)
     features, record = (
         _backbone_features(backbone, weights, checkpoint, layer, pool, quiet) if backbone else (None, None)
@@ -302,6 +329,7 @@ def image(
         on_error=on_error,
         quiet=quiet,
         unit="img",
+        inputs=(checkpoint,),
     )
 
 
@@ -463,6 +491,7 @@ def video(
         on_error=on_error,
         quiet=quiet,
         unit="clip",
+        inputs=(checkpoint,),
     )
 
 
@@ -548,8 +577,13 @@ def text(
     if tfidf and encoder == "hashing":  # document frequencies from the train split only
         ratio, seed = split_rule(split_ratio, split_seed)
         assign_splits(src.items, ratio, seed)
-        train = [it for it in src.items if it.split == "train"]
-        enc.fit([extractor.load(it) for it in train])
+        texts = []
+        for it in (it for it in src.items if it.split == "train"):
+            try:
+                texts.append(extractor.load(it))
+            except CmkdError:  # unreadable: reported (or fatal with --on-error fail) by the extraction itself
+                pass
+        enc.fit(texts)
     _run(
         "text",
         source,

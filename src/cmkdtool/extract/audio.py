@@ -40,7 +40,9 @@ def decode_audio(path: str):
     try:
         from torchcodec.decoders import AudioDecoder
     except ImportError:
-        raise CmkdError(f"cannot decode ({sf_error}); install torchcodec and FFmpeg for this format") from None
+        raise CmkdError(
+            f"cannot decode ({sf_error}); a corrupt file, or a format that needs torchcodec and FFmpeg"
+        ) from None
     samples = AudioDecoder(path).get_all_samples()
     return samples.data.T.numpy(), int(samples.sample_rate)
 
@@ -140,6 +142,7 @@ class AudioFeatures:
 
 
 class AudioExtractor:
+    stores_samples = True
     shape_hint = "pass --duration so that every clip has the same length, or pool over time (--pool mean+std)"
 
     def __init__(self, features: AudioFeatures) -> None:

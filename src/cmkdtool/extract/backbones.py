@@ -17,7 +17,8 @@
   token). The forward pass stops at that layer.
 - ``--pool avg|max|none``: a layer output of more than two dimensions is averaged (or max-pooled) over its
   spatial/temporal axes (B, C, ...) -> (B, C), or for token sequences (B, N, D) over the tokens; ``none``
-  keeps the whole map and stores it with its shape.
+  keeps the whole map and stores it with its shape. The channels-last maps of the Swin models (B, H, W, C) are
+  moved to (B, C, H, W) first.
 """
 
 from __future__ import annotations
@@ -120,13 +121,21 @@ def read_state_dict(path: str) -> dict:
     return state
 
 
+CLASSIFIER_NAMES = ("classifier", "fc", "head", "heads")
+
+
 def _last_linear(model) -> str:
+    """The model's last ``nn.Linear`` (its classifier); for models whose classifier is a 1x1 convolution (s3d,
+    squeezenet) the last top-level child named classifier/fc/head(s)."""
     from torch import nn
 
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not names:
-        raise CmkdUsageError("this model has no linear classifier layer; name the layer to take with --layer")
-    return names[-1]
+    if names:
+        return names[-1]
+    children = [n for n, _ in model.named_children() if n in CLASSIFIER_NAMES]
+    if children:
+        return children[-1]
+    raise CmkdUsageError("this model has no linear classifier layer; name the layer to take with --layer")
 
 
 def build_backbone(name: str, weights: str | None = None, checkpoint: str | None = None, quiet: bool = False):
@@ -179,13 +188,14 @@ def default_transform(name: str, weights: str | None):
 class LayerFeatures:
     """Run a model to one layer and pool its output: (B, ...) inputs -> (B, F) or (B, *map) features."""
 
-    def __init__(self, model, layer: str | None = None, pool: str = "avg") -> None:
+    def __init__(self, model, layer: str | None = None, pool: str = "avg", channels_last: bool = False) -> None:
         if pool not in POOLS:
             raise CmkdUsageError(f"unknown --pool '{pool}'; choose one of {', '.join(POOLS)}")
         modules = dict(model.named_modules())
         self.model = model
         self.pool = pool
         self.layer = layer
+        self.channels_last = channels_last
         self.take_input = layer is None
         target = _last_linear(model) if layer is None else layer
         if target not in modules or target == "":
@@ -224,6 +234,8 @@ class LayerFeatures:
             raise CmkdError(f"layer '{self.target}' was not reached in the forward pass; choose another --layer")
         if isinstance(out, (tuple, list)):
             out = out[0]
+        if out.ndim >= 4 and self.channels_last:  # swin: (B, H, W, C) -> (B, C, H, W)
+            out = out.movedim(-1, 1)
         if out.ndim <= 2 or self.pool == "none":
             return out
         dims = (1,) if out.ndim == 3 else tuple(range(2, out.ndim))

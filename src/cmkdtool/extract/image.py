@@ -2,10 +2,12 @@
 backbone's features (see backbones.py) or, with ``--raw``, the preprocessed pixels with their shape [C, H, W].
 
 Preprocessing, in this order (torchvision's ImageClassification transform):
-1. decode to uint8 RGB (3 channels) or gray (1 channel; ``--mode gray``, raw only);
+1. decode to RGB (3 channels) or gray (1 channel; ``--mode gray``, raw only); an animated GIF gives its first
+   frame;
 2. ``--resize S`` scales the shorter side to S pixels (``H,W``: exactly that size), bilinear with antialias;
 3. ``--crop S`` (or ``H,W``) takes the center crop;
-4. scale to [0, 1], then ``(x - mean) / std`` per channel when ``--mean``/``--std`` are given.
+4. scale to [0, 1] (8-bit: / 255; 16-bit PNGs: / 65535, before resizing), then ``(x - mean) / std`` per
+   channel when ``--mean``/``--std`` are given.
 With a backbone, resize/crop/mean/std default to its weights' own preprocessing (ImageNet's 256/224 and
 mean/std without weights); with ``--raw`` nothing is resized and no mean/std is applied unless asked (every
 model cmkdtool trains standardises its inputs itself).
@@ -47,20 +49,30 @@ class ImagePrep:
             raise CmkdUsageError("give both --mean and --std, or neither")
 
     def decode(self, path: str):
+        """[C, H, W] uint8 (or uint16 for 16-bit PNGs); the first frame of an animated GIF."""
         import torchvision.io as tio
 
         mode = tio.ImageReadMode.RGB if self.mode == "rgb" else tio.ImageReadMode.GRAY
-        return tio.decode_image(tio.read_file(path), mode=mode)
+        img = tio.decode_image(tio.read_file(path), mode=mode)
+        img = img[0] if img.ndim == 4 else img
+        channels = 3 if self.mode == "rgb" else 1
+        if img.shape[0] != channels:  # GIF decoding ignores the mode
+            from torchvision.transforms import functional as F
+
+            img = F.rgb_to_grayscale(img[:3]) if channels == 1 else img[:1].expand(3, -1, -1)
+        return img
 
     def __call__(self, img):
         import torch
         from torchvision.transforms import functional as F
 
+        if img.dtype != torch.uint8:  # 16-bit: scale to [0, 1] first, then resize in float
+            img = img.to(torch.float32) / float(torch.iinfo(img.dtype).max)
         if self.resize is not None:
             img = F.resize(img, list(self.resize), antialias=True)
         if self.crop is not None:
             img = F.center_crop(img, list(self.crop))
-        x = img.to(torch.float32).div_(255.0)
+        x = img.to(torch.float32).div_(255.0) if img.dtype == torch.uint8 else img
         if self.mean is not None:
             x = F.normalize(x, list(self.mean), list(self.std))
         return x
@@ -78,6 +90,10 @@ class ImageExtractor:
         self.prep = prep
         self.features = features  # backbones.LayerFeatures or None
         self.record = record or {}
+
+    @property
+    def stores_samples(self) -> bool:
+        return self.features is None
 
     def load(self, item):
         return self.prep(self.prep.decode(item.path))

@@ -8,7 +8,8 @@ An *extractor* (image, audio, video, text, array) provides:
 - ``setup(device, precision)``: move its model, if any, to the device (called once, in the main process);
 - ``encode(batch) -> Tensor``: (B, ...) preprocessed samples -> (B, ...) features (identity for ``--raw``);
   samples that are not tensors (texts) arrive as a list, and the features may be a numpy array;
-- ``settings() -> dict``: everything that determines the features (recorded in the table, checked on resume).
+- ``settings() -> dict``: everything that determines the features (recorded in the table, checked on resume);
+- ``stores_samples`` (optional, default False): the features are the preprocessed samples themselves.
 
 Samples of one batch must share their preprocessed shape; one that does not is reported like an unreadable
 file (with a hint to resize, crop or set a duration).
@@ -75,6 +76,31 @@ def _message(item: Item, error: str) -> str:
     return f"{item.where}: {error}"
 
 
+def _encode(extractor, stacked, tensors: list, good: list[Item], dev, prec) -> np.ndarray:
+    """Features of one batch as float32 numpy; a model that cannot take the batch is a one-line error."""
+    import torch
+
+    from cmkdtool.engine.device import autocast
+
+    if stacked is None:
+        stacked = torch.stack(tensors) if torch.is_tensor(tensors[0]) else tensors
+    if torch.is_tensor(stacked):
+        stacked = stacked.to(dev, non_blocking=True)
+    try:
+        with torch.inference_mode(), autocast(prec, dev):
+            feats = extractor.encode(stacked)
+    except (RuntimeError, AssertionError, ValueError, IndexError) as e:
+        if isinstance(e, CmkdError):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        size = list(stacked.shape[1:]) if torch.is_tensor(stacked) else "texts"
+        raise CmkdError(
+            f"{good[0].where}: the model cannot take inputs of shape {size} ({first}); check --resize/--crop "
+            "against what this backbone needs"
+        ) from e
+    return feats.float().cpu().numpy() if torch.is_tensor(feats) else np.asarray(feats, np.float32)
+
+
 def run_extract(
     source: Source,
     extractor,
@@ -89,37 +115,44 @@ def run_extract(
     unit: str = "file",
 ) -> ExtractResult:
     """Extract every item of ``source`` not yet written by ``writer``; rows go to ``writer`` (not finished here)."""
-    import torch
     from torch.utils.data import DataLoader
 
-    from cmkdtool.engine.device import autocast, resolve_device, resolve_precision
+    from cmkdtool.engine.device import resolve_device, resolve_precision
 
     if on_error not in ON_ERROR:
         raise CmkdError(f"unknown --on-error '{on_error}'; choose skip or fail")
     start = time.perf_counter()
-    dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
     todo = [it for it in source.items if it.id not in writer.done_ids]
-    skipped = len(source.items) - len(todo)
-    result = ExtractResult(written=0, skipped=skipped)
+    result = ExtractResult(written=0, skipped=len(source.items) - len(todo))
     if not todo:
         result.seconds = time.perf_counter() - start
         return result
-    extractor.setup(dev, prec)
-    loader = DataLoader(
-        _Samples(todo, extractor),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=_collate,
-        persistent_workers=False,
-        prefetch_factor=4 if workers > 0 else None,
-    )
+
+    def reject(item: Item, error: str) -> None:
+        if on_error == "fail":
+            raise CmkdError(f"{_message(item, error)} (pass --on-error skip to skip unreadable files)")
+        result.errors.append({"id": item.id, "path": item.where, "error": error})
+
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(todo), unit=unit, file=sys.stderr, disable=quiet, dynamic_ncols=True, desc="extract")
-    expected: tuple | None = None  # the preprocessed shape of the first good sample
+    # the preprocessed shape of the first good sample; when resuming an extractor whose features are its
+    # preprocessed samples (raw pixels, audio maps), the shape of the rows already written
+    raw = getattr(extractor, "stores_samples", False)
+    expected: tuple | None = tuple(writer.shape) if raw and writer.shape is not None else None
     try:
+        dev = resolve_device(device)
+        prec = resolve_precision(precision, dev)
+        extractor.setup(dev, prec)
+        loader = DataLoader(
+            _Samples(todo, extractor),
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=workers,
+            collate_fn=_collate,
+            persistent_workers=False,
+            prefetch_factor=4 if workers > 0 else None,
+        )
         for batch, stacked in loader:
             if stacked is not None and expected not in (None, tuple(stacked.shape[1:])):
                 values = iter(stacked.unbind(0))  # a batch of another size: report each sample
@@ -136,31 +169,24 @@ def run_extract(
                         f"{extractor.shape_hint}"
                     )
                 if error is not None:
-                    if on_error == "fail":
-                        raise CmkdError(f"{_message(item, error)} (pass --on-error skip to skip unreadable files)")
-                    result.errors.append({"id": item.id, "path": item.where, "error": error})
+                    reject(item, error)
                     continue
                 expected = shape if expected is None else expected
                 good.append(item)
                 tensors.append(value)
             if good:
-                if stacked is None:
-                    stacked = torch.stack(tensors) if torch.is_tensor(tensors[0]) else tensors
-                if torch.is_tensor(stacked):
-                    stacked = stacked.to(dev, non_blocking=True)
-                with torch.inference_mode(), autocast(prec, dev):
-                    feats = extractor.encode(stacked)
-                feats = feats.float().cpu().numpy() if torch.is_tensor(feats) else np.asarray(feats, np.float32)
+                feats = _encode(extractor, stacked, tensors, good, dev, prec)
                 finite = np.isfinite(feats.reshape(len(good), -1)).all(axis=1)
-                if not finite.all():
+                if writer.shape is not None and list(feats.shape[1:]) != list(writer.shape):
+                    finite[:] = False  # resuming: this batch does not fit the rows already written
+                    for item in good:
+                        reject(item, f"features of shape {list(feats.shape[1:])}, the table has {writer.shape}; "
+                                     f"{extractor.shape_hint}")  # fmt: skip
+                elif not finite.all():
                     for item in (it for it, ok in zip(good, finite, strict=True) if not ok):
-                        error = "features are NaN or infinite (a silent or corrupt file?)"
-                        if on_error == "fail":
-                            raise CmkdError(f"{_message(item, error)} (pass --on-error skip to skip it)")
-                        result.errors.append({"id": item.id, "path": item.where, "error": error})
-                    good = [it for it, ok in zip(good, finite, strict=True) if ok]
-                    feats = feats[finite]
-                writer.add(good, feats)
+                        reject(item, "features are NaN or infinite (a silent or corrupt file?)")
+                good = [it for it, ok in zip(good, finite, strict=True) if ok]
+                writer.add(good, feats[finite])
                 result.written += len(good)
             bar.update(len(batch))
             if result.errors:

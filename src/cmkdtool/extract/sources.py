@@ -53,8 +53,9 @@ class Source:
     description: dict = field(default_factory=dict)
 
 
-def _id_of(rel: Path) -> str:
-    return rel.with_suffix("").as_posix() if rel.suffix else rel.as_posix()
+def _id_of(rel: Path, is_file: bool = True) -> str:
+    """A file's relative path without its extension; a folder (a clip of frames) keeps its whole name."""
+    return rel.with_suffix("").as_posix() if is_file and rel.suffix else rel.as_posix()
 
 
 def _is_frames_folder(path: Path, frame_exts: tuple[str, ...]) -> bool:
@@ -65,8 +66,8 @@ def _walk(folder: Path, exts: tuple[str, ...], clip_exts: tuple[str, ...]) -> li
     """Sample paths under ``folder`` (sorted): files with ``exts``; with ``clip_exts`` (video), folders that
     hold frame images of those extensions are samples too (not descended into)."""
     found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames.sort()
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # .ipynb_checkpoints, .git, ...
         here = Path(dirpath)
         if clip_exts and here != folder and any(Path(f).suffix.lower() in clip_exts for f in filenames):
             found.append(here)
@@ -87,14 +88,14 @@ def from_folder(root: str, exts: tuple[str, ...], clip_exts: tuple[str, ...] = (
     if clip_exts and not classes:
         top += [p for p in sorted(base.iterdir()) if p.is_dir() and _is_frames_folder(p, clip_exts)]
     for p in sorted(top):
-        items.append(Item(_id_of(p.relative_to(base)), str(p)))
+        items.append(Item(_id_of(p.relative_to(base), p.is_file()), str(p)))
     for label, name in enumerate(classes):
         for p in _walk(base / name, exts, clip_exts):
-            items.append(Item(_id_of(p.relative_to(base)), str(p), label=label))
+            items.append(Item(_id_of(p.relative_to(base), p.is_file()), str(p), label=label))
     if not items:
         what = ", ".join(sorted(set(exts + clip_exts)))
         raise CmkdError(f"{root}: no input files found ({what}); give a folder with one subfolder per class")
-    _check_unique(items, root)
+    _check_unique(items, root, "ids are paths without extension, so rename one of them")
     labelled = [i for i in items if i.label is not None]
     if labelled and len(labelled) != len(items):
         raise CmkdError(f"{root}: has files both in class subfolders and at the top; move them into class folders")
@@ -106,14 +107,11 @@ def from_folder(root: str, exts: tuple[str, ...], clip_exts: tuple[str, ...] = (
     )
 
 
-def _check_unique(items: list[Item], where: str) -> None:
+def _check_unique(items: list[Item], where: str, fix: str) -> None:
     seen: dict[str, str] = {}
     for it in items:
         if it.id in seen:
-            raise CmkdError(
-                f"{where}: two samples have id '{it.id}' ({seen[it.id]} and {it.where}); ids are paths without "
-                "extension, so rename one of them"
-            )
+            raise CmkdError(f"{where}: two samples have id '{it.id}' ({seen[it.id]} and {it.where}); {fix}")
         seen[it.id] = it.where
 
 
@@ -135,37 +133,43 @@ def _read_manifest_table(path: str):
 
 def parse_labels(values: list, where: str, multi: bool) -> tuple[list, list[str] | None]:
     """Labels as class indices: integers are kept, names become indices by sorted name (returned as
-    class_names). ``multi``: each value is a list, or a string of names/integers separated by ';'."""
-    rows = [
-        (v if isinstance(v, list) else [t.strip() for t in str(v).split(";") if t.strip()]) if multi else [v]
-        for v in values
-    ]
-    if any(v is None for r in rows for v in r):
+    class_names); non-integer numbers are an error. ``multi``: each value is a list, or a string of
+    names/integers separated by ';' (an empty or null value: no label); rows come out sorted, without repeats."""
+
+    def cells(v) -> list:
+        if not multi:
+            return [v]
+        if v is None:
+            return []
+        return list(v) if isinstance(v, list) else [t.strip() for t in str(v).split(";") if t.strip()]
+
+    rows = [cells(v) for v in values]
+    if any(v is None or str(v).strip() == "" for r in rows for v in r):
         raise CmkdError(f"{where}: a label is empty; give every sample a label or drop the label column")
     flat = [v for r in rows for v in r]
 
-    def as_int(v) -> int | None:
+    def number(v) -> float | None:
         try:
-            f = float(v)
+            return float(v)
         except (TypeError, ValueError):
             return None
-        return int(f) if f == int(f) else None
 
-    ints = [as_int(v) for v in flat]
-    if flat and all(i is not None for i in ints):
-        if min(ints) < 0:
-            raise CmkdError(f"{where}: label {min(ints)} is negative; labels are class indices 0..C-1 or names")
-        out = [[int(as_int(v)) for v in r] for r in rows]
+    numbers = [number(v) for v in flat]
+    if flat and all(x is not None for x in numbers):
+        bad = next((x for x in numbers if x != int(x) or x < 0), None)
+        if bad is not None:
+            raise CmkdError(f"{where}: label {bad:g} is not a class index 0..C-1; use integers or class names")
+        out = [[int(float(v)) for v in r] for r in rows]
         names = None
     else:
         names = sorted({str(v) for v in flat})
         index = {n: i for i, n in enumerate(names)}
         out = [[index[str(v)] for v in r] for r in rows]
-    return (out if multi else [r[0] for r in out]), names
+    return ([sorted(set(r)) for r in out] if multi else [r[0] for r in out]), names
 
 
 def check_splits(values: list, where: str) -> list[str]:
-    bad = sorted({str(v) for v in values if v not in SPLITS})
+    bad = sorted({"" if v is None else str(v) for v in values if v not in SPLITS})
     if bad:
         raise CmkdError(f"{where}: split value '{bad[0]}' is not one of train, val, test; fix the 'split' column")
     return [str(v) for v in values]
@@ -212,7 +216,7 @@ def from_manifest(path: str, path_column: str = "path", text_column: str | None 
     if "split" in cols:
         for it, s in zip(items, check_splits(table.column("split").to_pylist(), path), strict=True):
             it.split = s
-    _check_unique(items, path)
+    _check_unique(items, path, "ids must be unique")
     return Source(items, names, task, {"source": str(path), "layout": "manifest", "column": source_col})
 
 

@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (registers pa.compute)
 import pyarrow.parquet as pq
 
 from cmkdtool.errors import CmkdError
-from cmkdtool.io.atomic import atomic_path
+from cmkdtool.io.atomic import atomic_path, atomic_write_text
 from cmkdtool.io.tables import META_KEY, ROW_GROUP_SIZE, feature_field
 
 
@@ -30,58 +32,93 @@ def partial_dir(output: str) -> Path:
     return Path(f"{output}.partial")
 
 
+STATE_KEYS = ("column", "settings", "task", "class_names", "split_rule")
+
+
+def _differences(old: dict, new: dict) -> list[str]:
+    """Names of the state entries (and of the settings inside them) that differ."""
+    out = []
+    for key in STATE_KEYS:
+        a, b = old.get(key), new.get(key)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"settings.{k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        else:
+            out.append(key)
+    return out
+
+
 class ExtractWriter:
     """Collect extracted rows in resumable parts; ``finish`` writes the table.
 
-    ``settings`` (JSON-able) describes the extraction; a resumed run must have the same. The schema (feature
-    shape, label kind) is fixed by the first rows.
+    ``state`` (JSON-able: the column, the extractor ``settings``, the label ``task``, the ``class_names`` and the
+    ``split_rule``) describes the extraction; a resumed run must have the same, so that old and new rows mean the
+    same labels, splits and features. The feature shape is fixed by the first rows. Nothing is written to disk
+    before the first part.
     """
 
     def __init__(
-        self, output: str, column: str, settings: dict, *, resume: bool, task: str | None, chunk_rows: int = 1024
+        self,
+        output: str,
+        column: str,
+        settings: dict,
+        *,
+        resume: bool,
+        task: str | None,
+        class_names: list[str] | None = None,
+        split_rule: list | None = None,
+        chunk_rows: int = 1024,
     ) -> None:
         self.output = output
         self.column = column
-        self.settings = settings
         self.task = task
+        self.state = {
+            "column": column,
+            "settings": settings,
+            "task": task,
+            "class_names": class_names,
+            "split_rule": split_rule,
+        }
         self.chunk_rows = max(1, int(chunk_rows))
         self.folder = partial_dir(output)
         self.shape: list[int] | None = None
         self.done_ids: set[str] = set()
+        self.kept_ids: set[str] = set()  # ids of the existing output kept by --resume
         self.parts: list[Path] = []
         self.kept_output = False
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
-        state = {"column": column, "settings": settings, "task": task}
         if self.folder.exists():
             if not resume:
                 raise CmkdError(
                     f"{self.folder}: left by an interrupted extract; pass --resume to continue it, or delete the "
                     "folder to start again"
                 )
-            self._resume_parts(state)
+            self._resume_parts()
         if resume and Path(output).is_file():
             self._resume_output()
-        self.folder.mkdir(parents=True, exist_ok=True)
-        (self.folder / "state.json").write_text(json.dumps({**state, "shape": self.shape}, sort_keys=True))
 
     # ---- resuming ---------------------------------------------------------------------------------------
-    def _check_state(self, old: dict, new: dict, where: str, fix: str) -> None:
-        for key in ("column", "settings", "task"):
-            if old.get(key) != new.get(key):
-                raise CmkdError(f"{where} was extracted with other settings ({key} differs); {fix}")
+    def _check_state(self, old: dict, where: str, fix: str) -> None:
+        diff = _differences(old, self.state)
+        if diff:
+            raise CmkdError(f"{where} was extracted with other settings ({', '.join(diff)} differ); {fix}")
 
-    def _resume_parts(self, state: dict) -> None:
+    def _resume_parts(self) -> None:
         try:
             old = json.loads((self.folder / "state.json").read_text())
         except (OSError, ValueError) as e:
             raise CmkdError(f"{self.folder}: not a cmkdtool extract in progress; delete the folder") from e
-        self._check_state(
-            old, state, str(self.folder), f"rerun with the same options to resume, or delete {self.folder}"
-        )
+        self._check_state(old, str(self.folder), f"rerun with the same options to resume, or delete {self.folder}")
         self.shape = old.get("shape")
         for part in sorted(self.folder.glob("part-*.parquet")):
-            ids = pq.read_table(part, columns=["id"]).column("id").to_pylist()
+            try:
+                ids = pq.read_table(part, columns=["id"]).column("id").to_pylist()
+            except (pa.ArrowInvalid, OSError, KeyError) as e:
+                raise CmkdError(
+                    f"{part}: not a readable part of this extract; delete {self.folder} to start again"
+                ) from e
             self.done_ids.update(ids)
             self.parts.append(part)
 
@@ -91,20 +128,26 @@ class ExtractWriter:
         try:
             schema = pq.read_schema(self.output)
             table_ids = pq.read_table(self.output, columns=["id"]).column("id").to_pylist()
+            field = schema.field(self.column)
         except (pa.ArrowInvalid, OSError, KeyError) as e:
-            raise CmkdError(f"{self.output}: cannot resume into it (not a readable feature table); remove it") from e
-        old = _meta_of(schema.empty_table()).get("extract", {})
-        state = {"column": self.column, "settings": self.settings, "task": self.task}
+            raise CmkdError(f"{self.output}: cannot resume into it (not a table of this extract); remove it") from e
+        meta = _meta_of(schema.empty_table())
+        old = meta.get("extract", {})
+        old_state = {
+            "column": old.get("column"),
+            "settings": old.get("settings"),
+            "task": old.get("task"),
+            "class_names": meta.get("class_names"),
+            "split_rule": [old.get("split_ratio"), old.get("split_seed")],
+        }
         self._check_state(
-            {"column": old.get("column"), "settings": old.get("settings"), "task": old.get("task")},
-            state,
-            self.output,
-            "rerun with the same options to add samples to it, or write to a new output",
+            old_state, self.output, "rerun with the same options to add samples to it, or write to a new output"
         )
-        field = schema.field(self.column)
-        self.shape = json.loads(field.metadata[b"shape"]) if field.metadata and b"shape" in field.metadata else None
-        if self.shape is None:
-            self.shape = [field.type.list_size]
+        shape = json.loads(field.metadata[b"shape"]) if field.metadata and b"shape" in field.metadata else None
+        if self.shape is not None and shape is not None and list(shape) != list(self.shape):
+            raise CmkdError(f"{self.output} and {self.folder} hold features of different shapes; delete {self.folder}")
+        self.shape = shape if shape is not None else [field.type.list_size]
+        self.kept_ids = set(table_ids)
         self.done_ids.update(table_ids)
         self.kept_output = True
 
@@ -127,8 +170,6 @@ class ExtractWriter:
         shape = [int(s) for s in values.shape[1:]]
         if self.shape is None:
             self.shape = shape
-            state = json.loads((self.folder / "state.json").read_text())
-            (self.folder / "state.json").write_text(json.dumps({**state, "shape": shape}, sort_keys=True))
         elif shape != list(self.shape):
             raise CmkdError(
                 f"features of {items[0].where} have shape {shape}, earlier ones {list(self.shape)}; every sample "
@@ -152,11 +193,27 @@ class ExtractWriter:
     def flush(self) -> None:
         if not self._pending:
             return
-        part = self.folder / f"part-{len(self.parts):06d}.parquet"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.folder / "state.json", json.dumps({**self.state, "shape": self.shape}, sort_keys=True))
+        index = 1 + max((int(p.stem.split("-")[1]) for p in self.parts), default=-1)
+        part = self.folder / f"part-{index:06d}.parquet"
         with atomic_path(part) as tmp:
             pq.write_table(pa.Table.from_batches(self._pending), tmp, compression="zstd")
         self.parts.append(part)
         self._pending, self._pending_rows = [], 0
+
+    def _tables(self, columns: list[str]) -> Iterator[pa.Table]:
+        """The kept output (streamed by batches), then the parts without ids the kept output already has (a
+        run killed after its rename and before removing its parts leaves both)."""
+        if self.kept_output:
+            for batch in pq.ParquetFile(self.output).iter_batches(ROW_GROUP_SIZE, columns=columns):
+                yield pa.Table.from_batches([batch])
+        kept = pa.array(sorted(self.kept_ids), pa.string())
+        for part in self.parts:
+            t = pq.read_table(part, columns=columns)
+            if len(kept):
+                t = t.filter(pa.compute.invert(pa.compute.is_in(t.column("id"), value_set=kept)))
+            yield t
 
     def finish(self, meta: dict) -> int:
         """Write the output table from the parts (and the kept output when resuming); returns its row count."""
@@ -164,21 +221,20 @@ class ExtractWriter:
         if self.shape is None:
             raise CmkdError(f"{self.output}: no sample could be extracted, nothing written")
         schema = self.schema().with_metadata({META_KEY: json.dumps(meta, sort_keys=True).encode()})
-        sources = ([self.output] if self.kept_output else []) + [str(p) for p in self.parts]
+        plain = self.schema()
         rows = 0
         with atomic_path(self.output) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as w:
             buffer: list[pa.Table] = []
             buffered = 0
-            for src in sources:
-                t = pq.read_table(src).select(schema.names)
-                buffer.append(t.cast(schema.remove_metadata()))
+            for t in self._tables(plain.names):
+                buffer.append(t.cast(plain))
                 buffered += t.num_rows
                 if buffered >= ROW_GROUP_SIZE:
-                    w.write_table(pa.concat_tables(buffer).replace_schema_metadata(schema.metadata), ROW_GROUP_SIZE)
+                    w.write_table(pa.concat_tables(buffer), ROW_GROUP_SIZE)
                     rows += buffered
                     buffer, buffered = [], 0
             if buffer:
-                w.write_table(pa.concat_tables(buffer).replace_schema_metadata(schema.metadata), ROW_GROUP_SIZE)
+                w.write_table(pa.concat_tables(buffer), ROW_GROUP_SIZE)
                 rows += buffered
         shutil.rmtree(self.folder, ignore_errors=True)
         return rows
