@@ -57,7 +57,8 @@ class _Samples:
             raise
         except Exception as e:  # noqa: BLE001 - any decoding failure is reported against the file
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            return i, None, msg
+            path = self.items[i].path
+            return i, None, msg.removeprefix(f"{path}: ") if path else msg  # the report names the file once
 
 
 def _collate(batch):

@@ -217,7 +217,10 @@ def from_manifest(path: str, path_column: str = "path", text_column: str | None 
         for it, s in zip(items, check_splits(table.column("split").to_pylist(), path), strict=True):
             it.split = s
     _check_unique(items, path, "ids must be unique")
-    return Source(items, names, task, {"source": str(path), "layout": "manifest", "column": source_col})
+    from cmkdtool.io.tables import file_sha256
+
+    description = {"source": str(path), "sha256": file_sha256(path), "layout": "manifest", "column": source_col}
+    return Source(items, names, task, description)
 
 
 def read_source(
