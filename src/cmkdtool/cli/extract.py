@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from cmkdtool.cli import options as o
 from cmkdtool.cli.common import (
     DeviceOpt,
     PrecisionOpt,
@@ -101,63 +102,73 @@ def _check_not_a_sample(output: str, source) -> None:
             raise CmkdUsageError(f"output {output} is also an input ({item.id}); write to another file")
 
 
+def common_params(batch_size: int = 32, workers: int | None = None) -> list:
+    """The options every media kind shares (defaults of --batch-size and --workers by kind)."""
+    return [
+        o.param("output", OutOpt),
+        o.param("name", NameOpt, None),
+        o.param("path_column", PathColumnOpt, "path"),
+        o.param("split_ratio", SplitRatioOpt, "0.8,0.1,0.1"),
+        o.param("split_seed", SplitSeedOpt, 0),
+        o.param("batch_size", BatchOpt, batch_size),
+        o.param("workers", WorkersOpt, workers),
+        o.param("device", DeviceOpt, "auto"),
+        o.param("precision", PrecisionOpt, "auto"),
+        o.param("resume", ResumeOpt, False),
+        o.param("chunk_rows", ChunkOpt, 1024),
+        o.param("on_error", OnErrorOpt, "skip"),
+        o.param("quiet", QuietOpt, False),
+    ]
+
+
 def _run(
     kind: str,
-    source_path: str,
-    output: str,
+    kw: dict,
     extractor,
     *,
     exts: tuple[str, ...],
-    name: str | None,
-    path_column: str,
-    split_ratio: str,
-    split_seed: int,
-    batch_size: int,
-    workers: int | None,
-    device: str,
-    precision: str,
-    resume: bool,
-    chunk_rows: int,
-    on_error: str,
-    quiet: bool,
     clip_exts: tuple[str, ...] = (),
     unit: str = "file",
     source=None,
     inputs: tuple = (),
 ) -> None:
+    """Read the source, extract every sample with ``extractor`` and write the table (``kw``: the command's
+    values, ``common_params`` among them)."""
     from cmkdtool import __version__
     from cmkdtool.extract.runner import ON_ERROR, error_record, run_extract
     from cmkdtool.extract.sources import assign_splits, read_source
     from cmkdtool.extract.writer import ExtractWriter
 
+    output, quiet, on_error = kw["output"], kw["quiet"], kw["on_error"]
     if on_error not in ON_ERROR:
         raise CmkdUsageError(f"unknown --on-error '{on_error}'; choose skip or fail")
-    check_output(output, source_path, *[p for p in inputs if p])
-    column = name or kind
+    check_output(output, kw["source"], *[p for p in inputs if p])
+    column = kw["name"] or kind
     if source is None:
-        source = read_source(source_path, exts, clip_exts=clip_exts, path_column=path_column)
+        source = read_source(kw["source"], exts, clip_exts=clip_exts, path_column=kw["path_column"])
     _check_not_a_sample(output, source)
-    ratio, seed = split_rule(split_ratio, split_seed)
+    ratio, seed = split_rule(kw["split_ratio"], kw["split_seed"])
     assign_splits(source.items, ratio, seed)
     settings = extractor.settings()
     writer = ExtractWriter(
         output,
         column,
         settings,
-        resume=resume,
+        resume=kw["resume"],
         task=source.task,
         class_names=source.class_names,
         split_rule=[ratio, seed],
-        chunk_rows=chunk_rows,
+        chunk_rows=kw["chunk_rows"],
     )
+    workers = kw["workers"]
     result = run_extract(
         source,
         extractor,
         writer,
-        batch_size=batch_size,
+        batch_size=kw["batch_size"],
         workers=_default_workers(len(source.items)) if workers is None else workers,
-        device=device,
-        precision=precision,
+        device=kw["device"],
+        precision=kw["precision"],
         on_error=on_error,
         quiet=quiet,
         unit=unit,
@@ -249,24 +260,26 @@ PoolOpt = Annotated[
 ]
 
 
-def _backbone_features(backbone, weights, checkpoint, layer, pool, quiet):
+def _backbone_features(kw: dict):
     from cmkdtool.extract.backbones import LayerFeatures, build_backbone
 
-    model, record = build_backbone(backbone, weights, checkpoint, quiet)
-    return LayerFeatures(model, layer, pool, channels_last=backbone.startswith("swin")), record
+    backbone = kw["backbone"]
+    model, record = build_backbone(backbone, kw["weights"], kw["checkpoint"], kw["quiet"])
+    return LayerFeatures(model, kw["layer"], kw["pool"], channels_last=backbone.startswith("swin")), record
 
 
-def _image_prep(mode, resize, crop, mean, std, backbone, weights, raw):
+def _image_prep(kw: dict, mode: str, raw: bool):
     from cmkdtool.extract.backbones import default_transform
     from cmkdtool.extract.image import ImagePrep
 
+    backbone, weights = kw["backbone"], kw["weights"]
     if raw == bool(backbone):
         raise CmkdUsageError("give --backbone NAME (features) or --raw (pixels)")
     resize_, crop_, mean_, std_ = (
-        _sizes(resize, "--resize"),
-        _sizes(crop, "--crop"),
-        _floats(mean, "--mean"),
-        _floats(std, "--std"),
+        _sizes(kw["resize"], "--resize"),
+        _sizes(kw["crop"], "--crop"),
+        _floats(kw["mean"], "--mean"),
+        _floats(kw["std"], "--std"),
     )
     if backbone:
         if mode != "rgb":
@@ -279,71 +292,43 @@ def _image_prep(mode, resize, crop, mean, std, backbone, weights, raw):
     return ImagePrep(mode, resize_, crop_, mean_, std_)
 
 
-@app.command("image", no_args_is_help=True)
-@guard
-def image(
-    source: SourceArg,
-    output: OutOpt,
-    raw: RawOpt = False,
-    backbone: BackboneOpt = None,
-    weights: WeightsOpt = None,
-    checkpoint: CheckpointOpt = None,
-    layer: LayerOpt = None,
-    pool: PoolOpt = "avg",
-    mode: ModeOpt = "rgb",
-    resize: ResizeOpt = None,
-    crop: CropOpt = None,
-    mean: MeanOpt = None,
-    std: StdOpt = None,
-    name: NameOpt = None,
-    path_column: PathColumnOpt = "path",
-    split_ratio: SplitRatioOpt = "0.8,0.1,0.1",
-    split_seed: SplitSeedOpt = 0,
-    batch_size: BatchOpt = 32,
-    workers: WorkersOpt = None,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto",
-    resume: ResumeOpt = False,
-    chunk_rows: ChunkOpt = 1024,
-    on_error: OnErrorOpt = "skip",
-    quiet: QuietOpt = False,
-) -> None:
-    """Images (PNG, JPEG, WebP, GIF) -> pooled features of a torchvision backbone, or raw pixels with --raw."""
+IMAGE_PARAMS = [
+    o.param("source", SourceArg),
+    o.param("raw", RawOpt, False),
+    o.param("backbone", BackboneOpt, None),
+    o.param("weights", WeightsOpt, None),
+    o.param("checkpoint", CheckpointOpt, None),
+    o.param("layer", LayerOpt, None),
+    o.param("pool", PoolOpt, "avg"),
+    o.param("mode", ModeOpt, "rgb"),
+    o.param("resize", ResizeOpt, None),
+    o.param("crop", CropOpt, None),
+    o.param("mean", MeanOpt, None),
+    o.param("std", StdOpt, None),
+    *common_params(batch_size=32),
+]
+
+
+def _image(kw: dict) -> None:
     from cmkdtool.extract.image import IMAGE_EXTS, ImageExtractor
 
-    if raw and (weights or checkpoint or layer):
+    if kw["raw"] and (kw["weights"] or kw["checkpoint"] or kw["layer"]):
         raise CmkdUsageError("--weights, --checkpoint and --layer need --backbone; --raw stores pixels")
-    prep = _image_prep(mode, resize, crop, mean, std, backbone, weights, raw)
-    features, record = (
-        _backbone_features(backbone, weights, checkpoint, layer, pool, quiet) if backbone else (None, None)
-    )
-    _run(
-        "image",
-        source,
-        output,
-        ImageExtractor(prep, features, record),
-        exts=IMAGE_EXTS,
-        **_common(name, path_column, split_ratio, split_seed, batch_size, workers, device, precision),
-        resume=resume,
-        chunk_rows=chunk_rows,
-        on_error=on_error,
-        quiet=quiet,
-        unit="img",
-        inputs=(checkpoint,),
-    )
+    prep = _image_prep(kw, kw["mode"], kw["raw"])
+    features, record = _backbone_features(kw) if kw["backbone"] else (None, None)
+    extractor = ImageExtractor(prep, features, record)
+    _run("image", kw, extractor, exts=IMAGE_EXTS, unit="img", inputs=(kw["checkpoint"],))
 
 
-def _common(name, path_column, split_ratio, split_seed, batch_size, workers, device, precision) -> dict:
-    return {
-        "name": name,
-        "path_column": path_column,
-        "split_ratio": split_ratio,
-        "split_seed": split_seed,
-        "batch_size": batch_size,
-        "workers": workers,
-        "device": device,
-        "precision": precision,
-    }
+app.command("image", no_args_is_help=True)(
+    guard(
+        o.make_command(
+            _image,
+            IMAGE_PARAMS,
+            "Images (PNG, JPEG, WebP, GIF) -> pooled features of a torchvision backbone, or raw pixels with --raw.",
+        )
+    )
+)
 
 
 # ------------------------------------------------------------------------------------------------ audio
@@ -370,55 +355,42 @@ TimePoolOpt = Annotated[
 ]
 
 
-@app.command("audio", no_args_is_help=True)
-@guard
-def audio(
-    source: SourceArg,
-    output: OutOpt,
-    features: FeaturesOpt = "mfcc",
-    sample_rate: RateOpt = 16000,
-    duration: DurationOpt = None,
-    n_fft: NfftOpt = 400,
-    hop: HopOpt = 160,
-    win_length: WinOpt = None,
-    window: WindowOpt = "hann",
-    n_mels: MelsOpt = 64,
-    n_mfcc: MfccOpt = 40,
-    f_min: FminOpt = 0.0,
-    f_max: FmaxOpt = None,
-    pool: TimePoolOpt = "mean+std",
-    name: NameOpt = None,
-    path_column: PathColumnOpt = "path",
-    split_ratio: SplitRatioOpt = "0.8,0.1,0.1",
-    split_seed: SplitSeedOpt = 0,
-    batch_size: BatchOpt = 32,
-    workers: WorkersOpt = None,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto",
-    resume: ResumeOpt = False,
-    chunk_rows: ChunkOpt = 1024,
-    on_error: OnErrorOpt = "skip",
-    quiet: QuietOpt = False,
-) -> None:
-    """Sound files (WAV, FLAC, OGG, MP3; more with torchcodec) -> MFCC, log-mel or log spectrogram features."""
+AUDIO_PARAMS = [
+    o.param("source", SourceArg),
+    o.param("features", FeaturesOpt, "mfcc"),
+    o.param("sample_rate", RateOpt, 16000),
+    o.param("duration", DurationOpt, None),
+    o.param("n_fft", NfftOpt, 400),
+    o.param("hop", HopOpt, 160),
+    o.param("win_length", WinOpt, None),
+    o.param("window", WindowOpt, "hann"),
+    o.param("n_mels", MelsOpt, 64),
+    o.param("n_mfcc", MfccOpt, 40),
+    o.param("f_min", FminOpt, 0.0),
+    o.param("f_max", FmaxOpt, None),
+    o.param("pool", TimePoolOpt, "mean+std"),
+    *common_params(batch_size=32),
+]
+
+
+def _audio(kw: dict) -> None:
+    import dataclasses
+
     from cmkdtool.extract.audio import AUDIO_EXTS, AudioExtractor, AudioFeatures
 
-    settings = AudioFeatures(
-        features, sample_rate, duration, n_fft, hop, win_length, window, n_mels, n_mfcc, f_min, f_max, pool
+    settings = AudioFeatures(**{f.name: kw[f.name] for f in dataclasses.fields(AudioFeatures)})
+    _run("audio", kw, AudioExtractor(settings), exts=AUDIO_EXTS, unit="clip")
+
+
+app.command("audio", no_args_is_help=True)(
+    guard(
+        o.make_command(
+            _audio,
+            AUDIO_PARAMS,
+            "Sound files (WAV, FLAC, OGG, MP3; more with torchcodec) -> MFCC, log-mel or log spectrogram features.",
+        )
     )
-    _run(
-        "audio",
-        source,
-        output,
-        AudioExtractor(settings),
-        exts=AUDIO_EXTS,
-        **_common(name, path_column, split_ratio, split_seed, batch_size, workers, device, precision),
-        resume=resume,
-        chunk_rows=chunk_rows,
-        on_error=on_error,
-        quiet=quiet,
-        unit="clip",
-    )
+)
 
 
 # ------------------------------------------------------------------------------------------------ video
@@ -440,59 +412,45 @@ VideoBackboneOpt = Annotated[
 ]
 
 
-@app.command("video", no_args_is_help=True)
-@guard
-def video(
-    source: SourceArg,
-    output: OutOpt,
-    backbone: VideoBackboneOpt = "r2plus1d_18",
-    weights: WeightsOpt = None,
-    checkpoint: CheckpointOpt = None,
-    layer: LayerOpt = None,
-    pool: PoolOpt = "avg",
-    frames: FramesOpt = 16,
-    temporal_pool: TemporalPoolOpt = "mean",
-    resize: ResizeOpt = None,
-    crop: CropOpt = None,
-    mean: MeanOpt = None,
-    std: StdOpt = None,
-    name: NameOpt = None,
-    path_column: PathColumnOpt = "path",
-    split_ratio: SplitRatioOpt = "0.8,0.1,0.1",
-    split_seed: SplitSeedOpt = 0,
-    batch_size: BatchOpt = 8,
-    workers: WorkersOpt = None,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto",
-    resume: ResumeOpt = False,
-    chunk_rows: ChunkOpt = 1024,
-    on_error: OnErrorOpt = "skip",
-    quiet: QuietOpt = False,
-) -> None:
-    """Clips (folders of frame images, or video files with torchcodec) -> a video backbone's pooled embedding,
-    or per-frame image-backbone features pooled over time."""
+VIDEO_PARAMS = [
+    o.param("source", SourceArg),
+    o.param("backbone", VideoBackboneOpt, "r2plus1d_18"),
+    o.param("weights", WeightsOpt, None),
+    o.param("checkpoint", CheckpointOpt, None),
+    o.param("layer", LayerOpt, None),
+    o.param("pool", PoolOpt, "avg"),
+    o.param("frames", FramesOpt, 16),
+    o.param("temporal_pool", TemporalPoolOpt, "mean"),
+    o.param("resize", ResizeOpt, None),
+    o.param("crop", CropOpt, None),
+    o.param("mean", MeanOpt, None),
+    o.param("std", StdOpt, None),
+    *common_params(batch_size=8),
+]
+
+
+def _video(kw: dict) -> None:
     from cmkdtool.extract.backbones import is_video_model
     from cmkdtool.extract.image import IMAGE_EXTS
     from cmkdtool.extract.video import VIDEO_EXTS, VideoExtractor
 
-    prep = _image_prep("rgb", resize, crop, mean, std, backbone, weights, False)
-    features, record = _backbone_features(backbone, weights, checkpoint, layer, pool, quiet)
-    extractor = VideoExtractor(prep, frames, features, record, is_video_model(backbone), temporal_pool)
-    _run(
-        "video",
-        source,
-        output,
-        extractor,
-        exts=VIDEO_EXTS,
-        clip_exts=IMAGE_EXTS,
-        **_common(name, path_column, split_ratio, split_seed, batch_size, workers, device, precision),
-        resume=resume,
-        chunk_rows=chunk_rows,
-        on_error=on_error,
-        quiet=quiet,
-        unit="clip",
-        inputs=(checkpoint,),
+    prep = _image_prep(kw, "rgb", False)
+    features, record = _backbone_features(kw)
+    video_model = is_video_model(kw["backbone"])
+    extractor = VideoExtractor(prep, kw["frames"], features, record, video_model, kw["temporal_pool"])
+    _run("video", kw, extractor, exts=VIDEO_EXTS, clip_exts=IMAGE_EXTS, unit="clip", inputs=(kw["checkpoint"],))
+
+
+app.command("video", no_args_is_help=True)(
+    guard(
+        o.make_command(
+            _video,
+            VIDEO_PARAMS,
+            "Clips (folders of frame images, or video files with torchcodec) -> a video backbone's pooled "
+            "embedding, or per-frame image-backbone features pooled over time.",
+        )
     )
+)
 
 
 # ------------------------------------------------------------------------------------------------- text
@@ -528,54 +486,45 @@ def _text_source(source_path: str, path_column: str):
     return read_source(source_path, TEXT_EXTS, path_column=path_column, text_column="text")
 
 
-@app.command("text", no_args_is_help=True)
-@guard
-def text(
-    source: Annotated[
-        str,
-        typer.Argument(
-            help="A .txt file (one sample per line, ids line-000001...), a folder of class subfolders of .txt "
-            "files, or a manifest with a 'text' (or 'path') column."
-        ),
-    ],
-    output: OutOpt,
-    encoder: EncoderOpt = "hashing",
-    dim: DimOpt = 4096,
-    ngrams: NgramOpt = 1,
-    tfidf: TfidfOpt = False,
-    sublinear: SublinearOpt = False,
-    allow_download: DownloadOpt = False,
-    name: NameOpt = None,
-    path_column: PathColumnOpt = "path",
-    split_ratio: SplitRatioOpt = "0.8,0.1,0.1",
-    split_seed: SplitSeedOpt = 0,
-    batch_size: BatchOpt = 64,
-    workers: WorkersOpt = 0,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto",
-    resume: ResumeOpt = False,
-    chunk_rows: ChunkOpt = 1024,
-    on_error: OnErrorOpt = "skip",
-    quiet: QuietOpt = False,
-) -> None:
-    """Texts -> hashed bag-of-words / TF-IDF vectors (L2-normalised) or sentence-transformers embeddings."""
+TEXT_PARAMS = [
+    o.param(
+        "source",
+        Annotated[
+            str,
+            typer.Argument(
+                help="A .txt file (one sample per line, ids line-000001...), a folder of class subfolders of .txt "
+                "files, or a manifest with a 'text' (or 'path') column."
+            ),
+        ],
+    ),
+    o.param("encoder", EncoderOpt, "hashing"),
+    o.param("dim", DimOpt, 4096),
+    o.param("ngrams", NgramOpt, 1),
+    o.param("tfidf", TfidfOpt, False),
+    o.param("sublinear", SublinearOpt, False),
+    o.param("allow_download", DownloadOpt, False),
+    *common_params(batch_size=64, workers=0),
+]
+
+
+def _text(kw: dict) -> None:
     from cmkdtool.extract.sources import assign_splits
     from cmkdtool.extract.text import TextExtractor, make_encoder
 
-    src = _text_source(source, path_column)
+    src = _text_source(kw["source"], kw["path_column"])
     enc = make_encoder(
-        encoder,
-        dim=dim,
-        ngrams=ngrams,
-        tfidf=tfidf,
-        sublinear=sublinear,
-        device=device,
-        batch_size=batch_size,
-        allow_download=allow_download,
+        kw["encoder"],
+        dim=kw["dim"],
+        ngrams=kw["ngrams"],
+        tfidf=kw["tfidf"],
+        sublinear=kw["sublinear"],
+        device=kw["device"],
+        batch_size=kw["batch_size"],
+        allow_download=kw["allow_download"],
     )
     extractor = TextExtractor(enc)
-    if tfidf and encoder == "hashing":  # document frequencies from the train split only
-        ratio, seed = split_rule(split_ratio, split_seed)
+    if kw["tfidf"] and kw["encoder"] == "hashing":  # document frequencies from the train split only
+        ratio, seed = split_rule(kw["split_ratio"], kw["split_seed"])
         assign_splits(src.items, ratio, seed)
         texts = []
         for it in (it for it in src.items if it.split == "train"):
@@ -584,20 +533,18 @@ def text(
             except CmkdError:  # unreadable: reported (or fatal with --on-error fail) by the extraction itself
                 pass
         enc.fit(texts)
-    _run(
-        "text",
-        source,
-        output,
-        extractor,
-        exts=TEXT_EXTS,
-        **_common(name, path_column, split_ratio, split_seed, batch_size, workers, device, precision),
-        resume=resume,
-        chunk_rows=chunk_rows,
-        on_error=on_error,
-        quiet=quiet,
-        unit="text",
-        source=src,
+    _run("text", kw, extractor, exts=TEXT_EXTS, unit="text", source=src)
+
+
+app.command("text", no_args_is_help=True)(
+    guard(
+        o.make_command(
+            _text,
+            TEXT_PARAMS,
+            "Texts -> hashed bag-of-words / TF-IDF vectors (L2-normalised) or sentence-transformers embeddings.",
+        )
     )
+)
 
 
 # ------------------------------------------------------------------------------------------------ array
