@@ -57,6 +57,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from machine_load import cpu_seconds, others_cores, wait_quiet  # benchmarks/machine_load.py
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -103,43 +104,6 @@ def make_checkpoint(path: Path, seed: int) -> None:
 
     torch.manual_seed(seed)
     save_file({k: v.contiguous() for k, v in resnet18(weights=None).state_dict().items()}, str(path))
-
-
-# ------------------------------------------------------------------------------------------------ load
-
-
-def cpu_seconds() -> tuple[float, float] | None:
-    """(busy CPU seconds of the whole machine from /proc/stat, CPU seconds of this process and its children)."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    busy = sum(fields[:3]) + sum(fields[5:8])  # user nice system (idle iowait) irq softirq steal
-    t = os.times()
-    return busy / os.sysconf("SC_CLK_TCK"), t.user + t.system + t.children_user + t.children_system
-
-
-def others_cores(before, after, wall: float) -> float:
-    """Average number of cores other processes kept busy between two ``cpu_seconds()`` readings.
-
-    DataLoader workers count as ours only once they have exited and been waited for (both methods end them).
-    """
-    if before is None or after is None or wall <= 0:
-        return float("nan")
-    return max(0.0, (after[0] - before[0]) - (after[1] - before[1])) / wall
-
-
-def wait_quiet(max_others: float, timeout: float) -> float:
-    """Wait (up to ``timeout`` s) until other processes use less than ``max_others`` cores over one second."""
-    deadline = time.monotonic() + timeout
-    while True:
-        a = cpu_seconds()
-        time.sleep(1.0)
-        busy = others_cores(a, cpu_seconds(), 1.0)
-        if not busy >= max_others or time.monotonic() >= deadline:  # NaN (no /proc/stat): do not wait
-            return busy
-        time.sleep(4.0)
 
 
 # ------------------------------------------------------------------------------------------------ baseline

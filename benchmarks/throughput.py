@@ -40,6 +40,7 @@ from datetime import date
 import numpy as np
 import torch
 import torch.nn.functional as F
+from machine_load import cpu_seconds, others_cores, wait_quiet  # benchmarks/machine_load.py
 from torch.utils.data import DataLoader, TensorDataset
 
 from cmkdtool.data.tensors import load_tensor_data
@@ -68,37 +69,6 @@ def kd_loss(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         F.log_softmax(s / TEMPERATURE, 1), F.log_softmax(t / TEMPERATURE, 1), log_target=True, reduction="batchmean"
     )
     return KD_WEIGHT * TEMPERATURE**2 * kl + CE_WEIGHT * F.cross_entropy(s, y)
-
-
-def cpu_seconds() -> tuple[float, float] | None:
-    """(busy CPU seconds of the whole machine from /proc/stat, CPU seconds of this process), or None off Linux."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    busy = sum(fields[:3]) + sum(fields[5:8])  # user nice system (idle iowait) irq softirq steal
-    t = os.times()
-    return busy / os.sysconf("SC_CLK_TCK"), t.user + t.system
-
-
-def others_cores(before, after, wall: float) -> float:
-    """Average number of cores other processes kept busy between two ``cpu_seconds()`` readings."""
-    if before is None or after is None or wall <= 0:
-        return float("nan")
-    return max(0.0, (after[0] - before[0]) - (after[1] - before[1])) / wall
-
-
-def wait_quiet(max_others: float, timeout: float) -> float:
-    """Wait (up to ``timeout`` s) until other processes use less than ``max_others`` cores over one second."""
-    deadline = time.monotonic() + timeout
-    while True:
-        a = cpu_seconds()
-        time.sleep(1.0)
-        busy = others_cores(a, cpu_seconds(), 1.0)
-        if not busy >= max_others or time.monotonic() >= deadline:  # NaN (no /proc/stat): do not wait
-            return busy
-        time.sleep(4.0)
 
 
 def sync(device: torch.device) -> None:
