@@ -577,13 +577,24 @@ def test_default_layer_of_models_without_a_linear_classifier():
 
 def test_manifest_labels_and_folder_ids(tmp_path):
     from cmkdtool.errors import CmkdError
-    from cmkdtool.extract.sources import from_folder, parse_labels
+    from cmkdtool.extract.sources import from_folder, from_manifest
 
-    assert parse_labels(["b;a;a", None, ""], "m", multi=True) == ([[0, 1], [], []], ["a", "b"])
-    assert parse_labels([[2, 0, 2], None], "m", multi=True) == ([[0, 2], []], None)
-    with pytest.raises(CmkdError, match="1.5 is not a class index"):
-        parse_labels(["0", "1.5"], "m", multi=False)
-    assert parse_labels(["cat", "0"], "m", multi=False) == ([1, 0], ["0", "cat"])
+    def manifest(name: str, rows: str) -> list:
+        (tmp_path / name).write_text(rows)
+        src = from_manifest(str(tmp_path / name))
+        return [it.labels if src.task == "multilabel" else it.label for it in src.items], src.class_names
+
+    assert manifest("a.csv", 'id,path,labels\nx,x.png,"b;a;a"\ny,y.png,\nz,z.png,""\n') == (
+        [[0, 1], [], []],
+        ["a", "b"],
+    )
+    assert manifest("b.csv", 'id,path,labels\nx,x.png,"2;0;2"\ny,y.png,\n') == ([[0, 2], []], None)
+    with pytest.raises(CmkdError, match="non-integer label 1.5 for id 'y'"):
+        manifest("c.csv", "id,path,label\nx,x.png,0\ny,y.png,1.5\n")
+    assert manifest("d.csv", "id,path,label\nx,x.png,cat\ny,y.png,dog\n") == ([0, 1], ["cat", "dog"])
+    with pytest.raises(CmkdError, match="for id 'y'; split must be train, val or test"):
+        (tmp_path / "e.csv").write_text("id,path,split\nx,x.png,train\ny,y.png,dev\n")
+        from_manifest(str(tmp_path / "e.csv"))
     clip = tmp_path / "v" / "run" / "clip0.v1"
     clip.mkdir(parents=True)
     Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(clip / "f0.png")

@@ -718,3 +718,22 @@ def _splits(part: _Part, ids: list[str]) -> list[str]:
             raise CmkdError(f"{part.file}: {part.origin} has {v!r} for id '{ids[i]}'; split must be train, val or test")
         out.append(s)
     return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# shared with the manifests of the media kinds (extract/sources.py)
+
+
+def label_column(values, origin: str, file: str, ids: list[str], multi: bool) -> tuple[list, list[str] | None]:
+    """A ``label`` (``multi=False``: one class per row) or ``labels`` column as class indices, and the class names
+    when they were strings; the rules and errors of ``extract array`` (see the module docstring)."""
+    part = _Part(values, origin, file)
+    if multi:
+        return _multi_labels(part, ids)
+    label, names = _single_labels(part, ids)
+    return label.tolist(), names
+
+
+def split_column(values, origin: str, file: str, ids: list[str]) -> list[str]:
+    """A ``split`` column as train/val/test strings (an empty or other value is an error naming the id)."""
+    return _splits(_Part(values, origin, file), ids)

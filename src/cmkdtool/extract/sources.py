@@ -10,7 +10,8 @@ video file.
 Manifest (``.csv`` or ``.parquet``): columns ``id`` and ``path`` (or the column ``--path-column`` names;
 relative paths are relative to the manifest's folder), optional ``label`` (integers, or class names: mapped
 to indices by sorted name) or ``labels`` (multi-label: a list column in Parquet; in CSV class names or
-integers separated by ``;``), optional ``split`` (train/val/test). ``extract text`` also accepts a ``text``
+integers separated by ``;``), optional ``split`` (train/val/test); labels and splits follow the rules of
+``extract array`` (extract/arrays.py: ``label_column``, ``split_column``). ``extract text`` also accepts a ``text``
 column holding the text itself.
 
 Without a ``split`` column every sample gets one by hashing its id (``--split-ratio``, ``--split-seed``;
@@ -25,7 +26,6 @@ from pathlib import Path
 
 from cmkdtool.errors import CmkdError, CmkdUsageError
 
-SPLITS = ("train", "val", "test")
 MANIFEST_SUFFIXES = (".csv", ".parquet", ".pq")
 
 
@@ -131,50 +131,6 @@ def _read_manifest_table(path: str):
         ) from e
 
 
-def parse_labels(values: list, where: str, multi: bool) -> tuple[list, list[str] | None]:
-    """Labels as class indices: integers are kept, names become indices by sorted name (returned as
-    class_names); non-integer numbers are an error. ``multi``: each value is a list, or a string of
-    names/integers separated by ';' (an empty or null value: no label); rows come out sorted, without repeats."""
-
-    def cells(v) -> list:
-        if not multi:
-            return [v]
-        if v is None:
-            return []
-        return list(v) if isinstance(v, list) else [t.strip() for t in str(v).split(";") if t.strip()]
-
-    rows = [cells(v) for v in values]
-    if any(v is None or str(v).strip() == "" for r in rows for v in r):
-        raise CmkdError(f"{where}: a label is empty; give every sample a label or drop the label column")
-    flat = [v for r in rows for v in r]
-
-    def number(v) -> float | None:
-        try:
-            return float(v)
-        except (TypeError, ValueError):
-            return None
-
-    numbers = [number(v) for v in flat]
-    if flat and all(x is not None for x in numbers):
-        bad = next((x for x in numbers if x != int(x) or x < 0), None)
-        if bad is not None:
-            raise CmkdError(f"{where}: label {bad:g} is not a class index 0..C-1; use integers or class names")
-        out = [[int(float(v)) for v in r] for r in rows]
-        names = None
-    else:
-        names = sorted({str(v) for v in flat})
-        index = {n: i for i, n in enumerate(names)}
-        out = [[index[str(v)] for v in r] for r in rows]
-    return ([sorted(set(r)) for r in out] if multi else [r[0] for r in out]), names
-
-
-def check_splits(values: list, where: str) -> list[str]:
-    bad = sorted({"" if v is None else str(v) for v in values if v not in SPLITS})
-    if bad:
-        raise CmkdError(f"{where}: split value '{bad[0]}' is not one of train, val, test; fix the 'split' column")
-    return [str(v) for v in values]
-
-
 def from_manifest(path: str, path_column: str = "path", text_column: str | None = None) -> Source:
     """Samples listed in a CSV or Parquet manifest (see the module docstring)."""
     table = _read_manifest_table(path)
@@ -205,8 +161,11 @@ def from_manifest(path: str, path_column: str = "path", text_column: str | None 
     names = None
     task = None
     if "label" in cols or "labels" in cols:
+        from cmkdtool.extract.arrays import label_column
+
         multi = "label" not in cols
-        labels, names = parse_labels(table.column("labels" if multi else "label").to_pylist(), path, multi)
+        name = "labels" if multi else "label"
+        labels, names = label_column(table.column(name), f"column '{name}'", path, ids, multi)
         for it, lab in zip(items, labels, strict=True):
             if multi:
                 it.labels = lab
@@ -214,7 +173,9 @@ def from_manifest(path: str, path_column: str = "path", text_column: str | None 
                 it.label = lab
         task = "multilabel" if multi else "multiclass"
     if "split" in cols:
-        for it, s in zip(items, check_splits(table.column("split").to_pylist(), path), strict=True):
+        from cmkdtool.extract.arrays import split_column
+
+        for it, s in zip(items, split_column(table.column("split"), "column 'split'", path, ids), strict=True):
             it.split = s
     _check_unique(items, path, "ids must be unique")
     from cmkdtool.io.tables import file_sha256
