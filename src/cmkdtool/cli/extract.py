@@ -102,6 +102,11 @@ def _check_not_a_sample(output: str, source) -> None:
             raise CmkdUsageError(f"output {output} is also an input ({item.id}); write to another file")
 
 
+def _command(name: str, run, params: list, doc: str) -> None:
+    """Register ``extract NAME`` with options ``params``; ``run`` gets the values as a dict."""
+    app.command(name, no_args_is_help=True)(guard(o.make_command(run, params, doc)))
+
+
 def common_params(batch_size: int = 32, workers: int | None = None) -> list:
     """The options every media kind shares (defaults of --batch-size and --workers by kind)."""
     return [
@@ -320,14 +325,11 @@ def _image(kw: dict) -> None:
     _run("image", kw, extractor, exts=IMAGE_EXTS, unit="img", inputs=(kw["checkpoint"],))
 
 
-app.command("image", no_args_is_help=True)(
-    guard(
-        o.make_command(
-            _image,
-            IMAGE_PARAMS,
-            "Images (PNG, JPEG, WebP, GIF) -> pooled features of a torchvision backbone, or raw pixels with --raw.",
-        )
-    )
+_command(
+    "image",
+    _image,
+    IMAGE_PARAMS,
+    "Images (PNG, JPEG, WebP, GIF) -> pooled features of a torchvision backbone, or raw pixels with --raw.",
 )
 
 
@@ -382,14 +384,11 @@ def _audio(kw: dict) -> None:
     _run("audio", kw, AudioExtractor(settings), exts=AUDIO_EXTS, unit="clip")
 
 
-app.command("audio", no_args_is_help=True)(
-    guard(
-        o.make_command(
-            _audio,
-            AUDIO_PARAMS,
-            "Sound files (WAV, FLAC, OGG, MP3; more with torchcodec) -> MFCC, log-mel or log spectrogram features.",
-        )
-    )
+_command(
+    "audio",
+    _audio,
+    AUDIO_PARAMS,
+    "Sound files (WAV, FLAC, OGG, MP3; more with torchcodec) -> MFCC, log-mel or log spectrogram features.",
 )
 
 
@@ -441,15 +440,12 @@ def _video(kw: dict) -> None:
     _run("video", kw, extractor, exts=VIDEO_EXTS, clip_exts=IMAGE_EXTS, unit="clip", inputs=(kw["checkpoint"],))
 
 
-app.command("video", no_args_is_help=True)(
-    guard(
-        o.make_command(
-            _video,
-            VIDEO_PARAMS,
-            "Clips (folders of frame images, or video files with torchcodec) -> a video backbone's pooled "
-            "embedding, or per-frame image-backbone features pooled over time.",
-        )
-    )
+_command(
+    "video",
+    _video,
+    VIDEO_PARAMS,
+    "Clips (folders of frame images, or video files with torchcodec) -> a video backbone's pooled "
+    "embedding, or per-frame image-backbone features pooled over time.",
 )
 
 
@@ -536,14 +532,11 @@ def _text(kw: dict) -> None:
     _run("text", kw, extractor, exts=TEXT_EXTS, unit="text", source=src)
 
 
-app.command("text", no_args_is_help=True)(
-    guard(
-        o.make_command(
-            _text,
-            TEXT_PARAMS,
-            "Texts -> hashed bag-of-words / TF-IDF vectors (L2-normalised) or sentence-transformers embeddings.",
-        )
-    )
+_command(
+    "text",
+    _text,
+    TEXT_PARAMS,
+    "Texts -> hashed bag-of-words / TF-IDF vectors (L2-normalised) or sentence-transformers embeddings.",
 )
 
 
