@@ -26,10 +26,13 @@ VERSION_KEY = "cmkdtool.version"
 def save_checkpoint(
     path: str | os.PathLike, state_dict: dict, model_spec: dict, train_meta: dict | None = None
 ) -> None:
-    """Write ``state_dict`` with the model spec and training record as safetensors metadata, atomically."""
-    from safetensors.torch import save_file
+    """Write ``state_dict`` with the model spec and training record as safetensors metadata, atomically.
 
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
+    Byte-identical for identical inputs, in any process (see :mod:`cmkdtool.io.safetensors_io`).
+    """
+    from cmkdtool.io.safetensors_io import save_safetensors
+
+    tensors = {k: v.detach().to("cpu") for k, v in state_dict.items()}
     meta = {
         FORMAT_KEY: FORMAT,
         VERSION_KEY: __version__,
@@ -37,7 +40,7 @@ def save_checkpoint(
         TRAIN_KEY: json.dumps(train_meta or {}, sort_keys=True, default=str),
     }
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+        save_safetensors(tmp, tensors, meta)
 
 
 def read_metadata(path: str | os.PathLike) -> tuple[dict, dict]:
