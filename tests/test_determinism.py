@@ -18,9 +18,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 from safetensors.torch import save as st_save
-from typer.testing import CliRunner
 
-from cmkdtool.cli.app import app
 from cmkdtool.io.safetensors_io import DTYPES, safetensors_bytes, save_safetensors
 
 META = {"cmkdtool.train": "{}", "cmkdtool.format": "f", "zeta": 'é\n\x01"/\\', "alpha": "1", "cmkdtool.model": "m"}
@@ -169,6 +167,10 @@ def test_checkpoint_bytes_identical_across_processes(tmp_path):
 
 
 def test_pretrain_twice_writes_identical_checkpoints(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from cmkdtool.cli.app import app
+
     runner = CliRunner()
 
     def run(*args):
