@@ -28,7 +28,8 @@ By default every sample gets its own utterance (espeak-ng takes ~15 ms a word); 
 digit once and lets the samples share them (each still with its own noise, offset and gain).
 
 Deterministic for a seed (and a given espeak-ng version and voice set). Needs numpy, pillow, soundfile,
-scikit-learn and the espeak-ng program (Debian/Ubuntu: apt-get install espeak-ng).
+scikit-learn and the espeak-ng program (Debian/Ubuntu: apt-get install espeak-ng; macOS: brew install
+espeak-ng). It installs nothing itself: when one is missing it says what to install and exits with status 1.
 """
 
 from __future__ import annotations
@@ -152,19 +153,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def check_dependencies() -> None:
+    """Say what is missing and how to install it (never install anything), then exit with status 1."""
     missing = []
     for module, package in (("PIL", "pillow"), ("soundfile", "soundfile"), ("sklearn", "scikit-learn")):
         try:
             __import__(module)
         except ImportError:
             missing.append(package)
+    problems = []
     if missing:
-        fail(f"missing Python package(s): {', '.join(missing)}; install with: pip install {' '.join(missing)}")
-    if shutil.which("espeak-ng") is None:
-        fail(
-            "the espeak-ng program is not on PATH; install it (Debian/Ubuntu: apt-get install espeak-ng; "
-            "macOS: brew install espeak-ng)"
+        problems.append(
+            f"missing Python package(s) {', '.join(missing)}; install with: "
+            f"{sys.executable} -m pip install {' '.join(missing)}"
         )
+    if shutil.which("espeak-ng") is None:
+        problems.append(
+            "the espeak-ng program is not on PATH; install espeak-ng: apt-get install espeak-ng (Debian/Ubuntu) "
+            "or brew install espeak-ng (macOS)"
+        )
+    if problems:
+        fail("; and ".join(problems))
 
 
 def espeak(text: str, voice: str, speed: int, pitch: int, path: Path) -> subprocess.CompletedProcess:

@@ -5,7 +5,8 @@
 #   -> extract image --raw (8x8 pixels) / extract audio mfcc (mean+std over time) -> pretrain an audio teacher (mlp)
 #   and an image baseline (cnn2d) -> distill kd (an image student taught by the frozen audio teacher) -> eval.
 # Usage: examples/av_digits/run.sh [WORKDIR]   (default: ${OUT:-out/av_digits}); a few minutes on two CPU cores.
-# Installs espeak-ng (apt-get, or brew) and scikit-learn (into cmkdtool's Python) when missing.
+# Needs the espeak-ng program and scikit-learn (in cmkdtool's Python); when one is missing it says what to install
+# and exits with status 1 (it never installs anything).
 # Environment: PER_CLASS (default 150 pairs per digit), EPOCHS (default 30, the image models), SEED (default 0).
 # The data set is cached in WORKDIR/data: delete that folder to rebuild it (e.g. after changing PER_CLASS).
 set -euo pipefail
@@ -15,7 +16,6 @@ W=${1:-${OUT:-out/av_digits}}
 per_class=${PER_CLASS:-150}
 epochs=${EPOCHS:-30}
 seed=${SEED:-0}
-mkdir -p "$W"
 
 # cmkdtool: the one on PATH, else the repository's virtual environment (as `make venv` builds it).
 if ! command -v cmkdtool >/dev/null && [ -x "$root/.venv/bin/cmkdtool" ]; then
@@ -29,29 +29,20 @@ fi
 py=$(dirname "$(command -v cmkdtool)")/python
 [ -x "$py" ] || py=python3
 
-echo "== setup: espeak-ng and scikit-learn =="
+# An example never changes the machine: when a dependency is missing, say what to install and stop.
+missing=0
 if ! command -v espeak-ng >/dev/null; then
-  echo "installing espeak-ng"
-  export DEBIAN_FRONTEND=noninteractive
-  if [ "$(id -u)" -eq 0 ]; then
-    apt-get install -y -qq espeak-ng >/dev/null ||
-      { apt-get update -qq && apt-get install -y -qq espeak-ng >/dev/null; }
-  elif command -v sudo >/dev/null && command -v apt-get >/dev/null; then
-    sudo apt-get install -y -qq espeak-ng >/dev/null ||
-      { sudo apt-get update -qq && sudo apt-get install -y -qq espeak-ng >/dev/null; }
-  elif command -v brew >/dev/null; then
-    brew install espeak-ng
-  else
-    echo "run.sh: espeak-ng is missing and cannot be installed here; install the espeak-ng package" >&2
-    exit 1
-  fi
+  echo "run.sh: the espeak-ng program is missing; install espeak-ng: apt-get install espeak-ng (Debian/Ubuntu)" \
+    "or brew install espeak-ng (macOS)" >&2
+  missing=1
 fi
 if ! "$py" -c "import sklearn" 2>/dev/null; then
-  echo "installing scikit-learn into $("$py" -c 'import sys; print(sys.prefix)')"
-  constraints=()
-  [ -f "$root/constraints.txt" ] && constraints=(-c "$root/constraints.txt")
-  "$py" -m pip install -q --disable-pip-version-check "scikit-learn>=1.3" ${constraints[@]+"${constraints[@]}"}
+  echo "run.sh: scikit-learn is missing from $("$py" -c 'import sys; print(sys.prefix)');" \
+    "install it: $py -m pip install scikit-learn" >&2
+  missing=1
 fi
+[ "$missing" -eq 0 ] || exit 1
+mkdir -p "$W"
 
 echo "== data: $per_class image/audio pairs per digit in $W/data =="
 if [ -f "$W/data/manifest.csv" ]; then
