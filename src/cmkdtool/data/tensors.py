@@ -61,6 +61,61 @@ def _label_range(labels: np.ndarray, task: str) -> tuple[int, int]:
     return (int(flat.min()), int(flat.max())) if len(flat) else (0, -1)
 
 
+MAX_DERIVED_CLASSES = 1_000_000
+"""Most classes a table's labels may imply without ``class_names`` metadata (the class count is then the
+largest label + 1, and the model, the one-hot targets and the per-class checks all grow with it)."""
+SPARSE_FACTOR = 1000
+"""A largest label + 1 above this many times the number of distinct labels means the labels are ids (e.g.
+1000000000000, 5, 7), not class indices 0..C-1."""
+
+
+def _distinct_labels(labels: np.ndarray, task: str) -> np.ndarray:
+    if task == "multiclass":
+        return np.unique(labels)
+    flat = [np.asarray(v, dtype=np.int64) for v in labels]
+    return np.unique(np.concatenate(flat)) if flat else np.zeros(0, np.int64)
+
+
+def _check_class_indices(name: str, labels: np.ndarray, task: str, hi: int) -> None:
+    """The class count is about to be taken from the largest label: refuse one that cannot be a class index
+    (it would size the model and a (classes,) or (rows, classes) array: 931 GiB for a label of 1e12)."""
+    classes = hi + 1
+    if classes <= SPARSE_FACTOR:
+        return
+    distinct = len(_distinct_labels(labels, task))
+    column = "label" if task == "multiclass" else "labels"
+    if classes > SPARSE_FACTOR * distinct:
+        raise CmkdError(
+            f"{name}: labels must be class indices 0..C-1; found label {hi} among {distinct} distinct values "
+            f"in column '{column}'; re-map the labels to 0..C-1 (e.g. numpy.unique(labels, return_inverse=True))"
+        )
+    if classes > MAX_DERIVED_CLASSES:
+        raise CmkdError(
+            f"{name}: label {hi} in column '{column}' would make {classes} classes (at most "
+            f"{MAX_DERIVED_CLASSES} are taken from the labels); re-map the labels to 0..C-1, or declare the "
+            "classes in the table's class_names metadata"
+        )
+
+
+def _check_two_classes(name: str, labels: np.ndarray, task: str, names: list[str] | None) -> None:
+    """Training with a class count taken from the table: one class (or none) trains a model that is always
+    right (accuracy 1.0) and learns nothing."""
+    distinct = _distinct_labels(labels, task)
+    if len(distinct) >= 2:
+        return
+    column = "label" if task == "multiclass" else "labels"
+    if len(distinct) == 0:
+        found = f"column '{column}' holds no label at all"
+    else:
+        c = int(distinct[0])
+        shown = f"{c} ('{names[c]}')" if names and c < len(names) else str(c)
+        found = f"every row has class {shown} in column '{column}'"
+    fix = "add rows of other classes"
+    if task == "multilabel":
+        fix += " (a yes/no task is a 'label' column of 0 and 1)"
+    raise CmkdError(f"{name}: {found}, and a classifier needs at least two classes; check the label column or {fix}")
+
+
 def load_tensor_data(
     table: FeatureTable,
     inputs: Sequence[str],
@@ -75,8 +130,10 @@ def load_tensor_data(
     """Validate and load ``inputs`` (and labels) of ``table`` onto ``device``.
 
     ``num_classes`` fixes the class count (a checkpoint's); labels outside it are an error. Otherwise it comes
-    from the table's class names or the largest label. ``require_train_classes`` makes a class with no train
-    row an error (a model cannot learn it).
+    from the table's class names or the largest label; a largest label far beyond the number of distinct
+    labels (ids, not class indices) is an error, before anything is allocated for it. ``require_train_classes``
+    (training) makes a class with no train row an error (a model cannot learn it), and, where the class count
+    comes from the table, fewer than two classes (a one-class model is always right and learns nothing).
     """
     name = table.name
     for c in inputs:
@@ -91,7 +148,13 @@ def load_tensor_data(
         labels = table.label_array()
         lo, hi = _label_range(labels, task)
         if lo < 0:
-            raise CmkdError(f"{name}: negative label {lo}; labels are class indices 0..C-1")
+            column = "label" if task == "multiclass" else "labels"
+            raise CmkdError(
+                f"{name}: negative label {lo} in column '{column}'; labels are class indices 0..C-1: re-map them"
+            )
+        derived = num_classes is None
+        if derived and not names:
+            _check_class_indices(name, labels, task, hi)
         if num_classes is None:
             num_classes = len(names) if names else hi + 1
             if hi >= num_classes:
@@ -108,6 +171,8 @@ def load_tensor_data(
             train = labels[split == "train"]
             if len(train) == 0:
                 raise CmkdError(f"{name}: the train split is empty; add a 'split' column or check --split-ratio")
+            if derived:
+                _check_two_classes(name, labels, task, names)
             seen = np.zeros(num_classes, bool)
             if task == "multiclass":
                 seen[train] = True
