@@ -12,8 +12,8 @@ from cmkdtool.cli.common import (
     PrecisionOpt,
     QuietOpt,
     SplitSeedOpt,
+    SummaryGroup,
     check_output,
-    command_line,
     guard,
     note,
     parse_floats,
@@ -23,6 +23,7 @@ from cmkdtool.cli.common import (
 from cmkdtool.errors import CmkdError, CmkdUsageError
 
 app = typer.Typer(
+    cls=SummaryGroup,
     help="Turn a folder with one subfolder per class (or a CSV/Parquet manifest: id, path, label/labels, split) "
     "into a feature table. Ids are paths relative to the folder without extension, so the image, sound and "
     "text of one sample get the same id in separate extracts and their tables join. Interrupted runs continue "
@@ -116,7 +117,7 @@ def common_params(batch_size: int = 32, workers: int | None = None) -> list:
         o.param("split_ratio", SplitRatioOpt, "0.8,0.1,0.1"),
         o.param("split_seed", SplitSeedOpt, 0),
         o.param("batch_size", BatchOpt, batch_size),
-        o.param("workers", WorkersOpt, workers),
+        o.param("workers", WorkersOpt, workers, ge=0),
         o.param("device", DeviceOpt, "auto"),
         o.param("precision", PrecisionOpt, "auto"),
         o.param("resume", ResumeOpt, False),
@@ -139,10 +140,10 @@ def _run(
 ) -> None:
     """Read the source, extract every sample with ``extractor`` and write the table (``kw``: the command's
     values, ``common_params`` among them)."""
-    from cmkdtool import __version__
     from cmkdtool.extract.runner import ON_ERROR, error_record, run_extract
     from cmkdtool.extract.sources import assign_splits, read_source
     from cmkdtool.extract.writer import ExtractWriter
+    from cmkdtool.io.provenance import provenance
 
     output, quiet, on_error = kw["output"], kw["quiet"], kw["on_error"]
     if on_error not in ON_ERROR:
@@ -179,9 +180,7 @@ def _run(
         unit=unit,
     )
     meta = {
-        "tool": "cmkdtool",
-        "version": __version__,
-        "command": command_line(),
+        **provenance(),
         "class_names": source.class_names,
         "extract": {
             "kind": kind,
@@ -368,8 +367,8 @@ AUDIO_PARAMS = [
     o.param("window", WindowOpt, "hann"),
     o.param("n_mels", MelsOpt, 64),
     o.param("n_mfcc", MfccOpt, 40),
-    o.param("f_min", FminOpt, 0.0),
-    o.param("f_max", FmaxOpt, None),
+    o.param("f_min", FminOpt, 0.0, ge=0),
+    o.param("f_max", FmaxOpt, None, gt=0),
     o.param("pool", TimePoolOpt, "mean+std"),
     *common_params(batch_size=32),
 ]
@@ -495,7 +494,7 @@ TEXT_PARAMS = [
     ),
     o.param("encoder", EncoderOpt, "hashing"),
     o.param("dim", DimOpt, 4096),
-    o.param("ngrams", NgramOpt, 1),
+    o.param("ngrams", NgramOpt, 1, ge=1),
     o.param("tfidf", TfidfOpt, False),
     o.param("sublinear", SublinearOpt, False),
     o.param("allow_download", DownloadOpt, False),
@@ -543,45 +542,63 @@ _command(
 # ------------------------------------------------------------------------------------------------ array
 
 
-@app.command("array", no_args_is_help=True)
-@guard
-def array(
-    source: Annotated[str, typer.Argument(help="Features: .npy, .npz, .csv/.tsv or .safetensors (N rows).")],
-    output: OutOpt,
-    key: Annotated[
-        str | None, typer.Option("--key", help="Array to take from .npz/.safetensors [default: the only float one].")
-    ] = None,
-    meta: Annotated[
-        str | None,
-        typer.Option(
-            "--meta", help="Sidecar CSV/Parquet with id, label or labels, split: in the same row order, or by id."
-        ),
-    ] = None,
-    name: NameOpt = None,
-    split_ratio: SplitRatioOpt = "0.8,0.1,0.1",
-    split_seed: SplitSeedOpt = 0,
-    quiet: QuietOpt = False,
-) -> None:
-    """Arrays you already computed (embeddings, spectrograms) -> a feature table, keeping the sample shape.
+ARRAY_PARAMS = [
+    o.param("source", Annotated[str, typer.Argument(help="Features: .npy, .npz, .csv/.tsv or .safetensors (N rows).")]),
+    o.param("output", OutOpt),
+    o.param(
+        "key",
+        Annotated[
+            str | None,
+            typer.Option("--key", help="Array to take from .npz/.safetensors [default: the only float one]."),
+        ],
+        None,
+    ),
+    o.param(
+        "meta",
+        Annotated[
+            str | None,
+            typer.Option(
+                "--meta", help="Sidecar CSV/Parquet with id, label or labels, split: in the same row order, or by id."
+            ),
+        ],
+        None,
+    ),
+    o.param("name", NameOpt, None),
+    o.param("split_ratio", SplitRatioOpt, "0.8,0.1,0.1"),
+    o.param("split_seed", SplitSeedOpt, 0),
+    o.param("quiet", QuietOpt, False),
+]
 
-    Ids, labels and splits come from the file itself (.npz arrays id/label/labels/split, CSV columns) or from
-    --meta; without ids the row numbers are the ids."""
-    from cmkdtool import __version__
+
+def _array(kw: dict) -> None:
     from cmkdtool.extract.arrays import read_array_source
+    from cmkdtool.io.provenance import provenance
     from cmkdtool.io.tables import build_table, hash_split, write_table
 
+    source, output, meta = kw["source"], kw["output"], kw["meta"]
     check_output(output, source, *([meta] if meta else []))
-    src = read_array_source(source, key, meta)
-    ratio, seed = split_rule(split_ratio, split_seed)
+    src = read_array_source(source, kw["key"], meta)
+    ratio, seed = split_rule(kw["split_ratio"], kw["split_seed"])
     split = src.split if src.split is not None else list(hash_split(src.ids, ratio, seed))
-    column = name or "array"
+    column = kw["name"] or "array"
     task = "multiclass" if src.label is not None else ("multilabel" if src.labels is not None else None)
     info = {"kind": "array", "column": column, "settings": src.config, "task": task}
     if src.split is None:
         info.update(split_ratio=ratio, split_seed=seed)
-    table_meta = {"tool": "cmkdtool", "version": __version__, "command": command_line(), "extract": info}
+    table_meta = {**provenance(), "extract": info}
     if src.class_names is not None:
         table_meta["class_names"] = src.class_names
     table = build_table(src.ids, {column: src.values}, label=src.label, labels=src.labels, split=split, meta=table_meta)
     write_table(table, output)
-    note(f"wrote {output}: {src.num_rows} rows, column '{column}' of shape {list(src.sample_shape)}", quiet)
+    note(f"wrote {output}: {src.num_rows} rows, column '{column}' of shape {list(src.sample_shape)}", kw["quiet"])
+
+
+_command(
+    "array",
+    _array,
+    ARRAY_PARAMS,
+    """Arrays you already computed (embeddings, spectrograms) -> a feature table, keeping the sample shape.
+
+    Ids, labels and splits come from the file itself (.npz arrays id/label/labels/split, CSV columns) or from
+    --meta; without ids the row numbers are the ids.""",
+)

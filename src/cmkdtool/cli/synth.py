@@ -6,9 +6,11 @@ from typing import Annotated
 
 import typer
 
-from cmkdtool.cli.common import command_line, guard, note
+from cmkdtool.cli import options as o
+from cmkdtool.cli.common import SummaryGroup, guard, note
 
 app = typer.Typer(
+    cls=SummaryGroup,
     help="Write a synthetic two-modality feature table (columns xa = teacher side, xb = student side, label, "
     "split) whose ground truth (which channels are modality-general) is recorded in the table's metadata.",
     no_args_is_help=True,
@@ -71,13 +73,11 @@ def _generate(func, **kwargs):
 
 
 def _write(data, output: str, quiet: bool) -> None:
-    from cmkdtool import __version__
+    from cmkdtool.io.provenance import provenance
     from cmkdtool.io.tables import build_table, write_table
 
     meta = {
-        "tool": "cmkdtool",
-        "version": __version__,
-        "command": command_line(),
+        **provenance(),
         "seed": data.meta.get("params", {}).get("seed", data.meta.get("seed")),
         "class_names": data.class_names,
         "synth": data.meta,
@@ -94,126 +94,180 @@ def _write(data, output: str, quiet: bool) -> None:
     )
 
 
-@app.command("mfh", no_args_is_help=False)
-@guard
-def mfh(
-    output: OutOpt,
-    dim_a: Annotated[int, typer.Option("--dim-a", help="Channels of xa (d1, teacher side).")] = 50,
-    dim_b: Annotated[int, typer.Option("--dim-b", help="Channels of xb (d2, student side).")] = 50,
-    decisive: Annotated[int, typer.Option("--decisive", help="Dimension d of the decisive vector x*.")] = 20,
-    gamma: Annotated[
-        float | None,
-        typer.Option(
-            "--gamma",
-            help="Share of modality-general decisive features ('vary alpha' setting, Table 2): xa holds all of x*, "
-            "xb holds round(gamma*d) of them [default: 0.5 unless --overlap is given].",
-        ),
-    ] = None,
-    overlap: Annotated[
-        int | None,
-        typer.Option("--overlap", help="|J1 ∩ J2| ('vary gamma' setting, Fig. 2); with --n-a/--n-b."),
-    ] = None,
-    n_a: Annotated[int | None, typer.Option("--n-a", help="|J1|, decisive features in xa [default: d/2].")] = None,
-    n_b: Annotated[int | None, typer.Option("--n-b", help="|J2|, decisive features in xb [default: d/2].")] = None,
-    hyperplane: Annotated[str, typer.Option("--hyperplane", help="delta: randn (N(0, I)) or ones.")] = "randn",
-    positions: Annotated[
-        str, typer.Option("--positions", help="Channels holding x*: random (seeded) or first.")
-    ] = "random",
-    train: TrainOpt = 200,
-    val: ValOpt = 200,
-    test: TestOpt = 1000,
-    seed: SeedOpt = 0,
-    train_seed: TrainSeedOpt = None,
-    val_seed: ValSeedOpt = None,
-    test_seed: TestSeedOpt = None,
-    quiet: QuietOpt = False,
-) -> None:
+A = Annotated
+
+
+def _command(name: str, run, params: list, doc: str) -> None:
+    """Register ``synth NAME`` with options ``params``; ``run`` gets the values as a dict. Without arguments
+    the command says that --output is missing (no help page)."""
+    app.command(name, no_args_is_help=False)(guard(o.make_command(run, params, doc)))
+
+
+def _rows_and_seeds(train: int, val: int, test: int) -> list:
+    """Row counts (defaults by generator), the data seed, the per-split seeds and --quiet."""
+    return [
+        o.param("train", TrainOpt, train, ge=1),
+        o.param("val", ValOpt, val, ge=0),
+        o.param("test", TestOpt, test, ge=0),
+        o.param("seed", SeedOpt, 0),
+        o.param("train_seed", TrainSeedOpt, None),
+        o.param("val_seed", ValSeedOpt, None),
+        o.param("test_seed", TestSeedOpt, None),
+        o.param("quiet", QuietOpt, False),
+    ]
+
+
+def _seeds(kw: dict) -> dict:
+    """The generator's row-count and seed arguments from the command's values."""
+    return {
+        "n_train": kw["train"],
+        "n_val": kw["val"],
+        "n_test": kw["test"],
+        **{k: kw[k] for k in ("seed", "train_seed", "val_seed", "test_seed")},
+    }
+
+
+MFH_PARAMS = [
+    o.param("output", OutOpt),
+    o.param("dim_a", A[int, typer.Option("--dim-a", help="Channels of xa (d1, teacher side).")], 50, ge=1),
+    o.param("dim_b", A[int, typer.Option("--dim-b", help="Channels of xb (d2, student side).")], 50, ge=1),
+    o.param("decisive", A[int, typer.Option("--decisive", help="Dimension d of the decisive vector x*.")], 20, ge=1),
+    o.param(
+        "gamma",
+        A[
+            float | None,
+            typer.Option(
+                "--gamma",
+                help="Share of modality-general decisive features ('vary alpha' setting, Table 2): xa holds all of "
+                "x*, xb holds round(gamma*d) of them [default: 0.5 unless --overlap is given].",
+            ),
+        ],
+        None,
+        ge=0,
+        le=1,
+    ),
+    o.param(
+        "overlap",
+        A[int | None, typer.Option("--overlap", help="|J1 ∩ J2| ('vary gamma' setting, Fig. 2); with --n-a/--n-b.")],
+        None,
+        ge=0,
+    ),
+    o.param(
+        "n_a", A[int | None, typer.Option("--n-a", help="|J1|, decisive features in xa [default: d/2].")], None, ge=0
+    ),
+    o.param(
+        "n_b", A[int | None, typer.Option("--n-b", help="|J2|, decisive features in xb [default: d/2].")], None, ge=0
+    ),
+    o.param("hyperplane", A[str, typer.Option("--hyperplane", help="delta: randn (N(0, I)) or ones.")], "randn"),
+    o.param(
+        "positions",
+        A[str, typer.Option("--positions", help="Channels holding x*: random (seeded) or first.")],
+        "random",
+    ),
+    *_rows_and_seeds(train=200, val=200, test=1000),
+]
+
+
+def _mfh(kw: dict) -> None:
+    from cmkdtool.data.synth import synth_mfh
+
+    gamma = kw["gamma"]
+    if gamma is None and kw["overlap"] is None and kw["n_a"] is None and kw["n_b"] is None:
+        gamma = 0.5
+    data = _generate(
+        synth_mfh,
+        dim_a=kw["dim_a"],
+        dim_b=kw["dim_b"],
+        decisive=kw["decisive"],
+        gamma=gamma,
+        overlap=kw["overlap"],
+        n_a=kw["n_a"],
+        n_b=kw["n_b"],
+        hyperplane=kw["hyperplane"],
+        positions=kw["positions"],
+        **_seeds(kw),
+    )
+    _write(data, kw["output"], kw["quiet"])
+
+
+_command(
+    "mfh",
+    _mfh,
+    MFH_PARAMS,
     """The multimodal Gaussian of the MFH paper (App. B.2, Eq. 27).
 
     x* ~ N(0, I_d), y = 1(<delta, x*> > 0); xa ~ N(0, I_d1) and xb ~ N(0, I_d2) with their decisive channels
     overwritten by x*_J1 and x*_J2. Defaults follow the paper: 200 train and 1000 test rows (plus 200 val).
-    """
-    from cmkdtool.data.synth import synth_mfh
-
-    if gamma is None and overlap is None and n_a is None and n_b is None:
-        gamma = 0.5
-    data = _generate(
-        synth_mfh,
-        dim_a=dim_a,
-        dim_b=dim_b,
-        decisive=decisive,
-        gamma=gamma,
-        overlap=overlap,
-        n_a=n_a,
-        n_b=n_b,
-        hyperplane=hyperplane,
-        positions=positions,
-        n_train=train,
-        n_val=val,
-        n_test=test,
-        seed=seed,
-        train_seed=train_seed,
-        val_seed=val_seed,
-        test_seed=test_seed,
-    )
-    _write(data, output, quiet)
+    """,
+)
 
 
-@app.command("orthogonal")
-@guard
-def orthogonal(
-    output: OutOpt,
-    dim: Annotated[int, typer.Option("--dim", help="Channels D of each modality.")] = 64,
-    general: Annotated[
-        int, typer.Option("--general", help="Shared modality-general channels D_g (the first D_g).")
-    ] = 16,
-    classes: Annotated[int, typer.Option("--classes", help="Number of classes (2: one hyperplane; K: argmax).")] = 2,
-    weight_general: Annotated[
-        float, typer.Option("--weight-general", help="Label weight of the general part G.")
-    ] = 1.0,
-    weight_specific_a: Annotated[
-        float,
-        typer.Option("--weight-specific-a", help="Label weight of xa's specific part S' (teacher side)."),
-    ] = 1.0,
-    weight_specific_b: Annotated[
-        float,
-        typer.Option("--weight-specific-b", help="Label weight of xb's specific part S (student side)."),
-    ] = 1.0,
-    orthogonalize: Annotated[
-        bool,
-        typer.Option("--orthogonalize/--no-orthogonalize", help="Gram-Schmidt per split (App. D.1); off = App. E.6."),
-    ] = True,
-    train: TrainOpt = 2000,
-    val: ValOpt = 500,
-    test: TestOpt = 1000,
-    seed: SeedOpt = 0,
-    train_seed: TrainSeedOpt = None,
-    val_seed: ValSeedOpt = None,
-    test_seed: TestSeedOpt = None,
-    quiet: QuietOpt = False,
-) -> None:
-    """The completely separated data of the CIBA paper (Sec. 3.4, Eq. 4; App. D.1).
+ORTHOGONAL_PARAMS = [
+    o.param("output", OutOpt),
+    o.param("dim", A[int, typer.Option("--dim", help="Channels D of each modality.")], 64, ge=1),
+    o.param(
+        "general",
+        A[int, typer.Option("--general", help="Shared modality-general channels D_g (the first D_g).")],
+        16,
+        ge=0,
+    ),
+    o.param(
+        "classes",
+        A[int, typer.Option("--classes", help="Number of classes (2: one hyperplane; K: argmax).")],
+        2,
+        ge=2,
+    ),
+    o.param(
+        "weight_general", A[float, typer.Option("--weight-general", help="Label weight of the general part G.")], 1.0
+    ),
+    o.param(
+        "weight_specific_a",
+        A[float, typer.Option("--weight-specific-a", help="Label weight of xa's specific part S' (teacher side).")],
+        1.0,
+    ),
+    o.param(
+        "weight_specific_b",
+        A[float, typer.Option("--weight-specific-b", help="Label weight of xb's specific part S (student side).")],
+        1.0,
+    ),
+    o.param(
+        "orthogonalize",
+        A[
+            bool,
+            typer.Option(
+                "--orthogonalize/--no-orthogonalize", help="Gram-Schmidt per split (App. D.1); off = App. E.6."
+            ),
+        ],
+        True,
+    ),
+    *_rows_and_seeds(train=2000, val=500, test=1000),
+]
 
-    xa = [G; S'] (teacher) and xb = [G; S] (student) share the first D_g channels; G, S, S' are orthogonal
-    across the samples of each split. Labels follow a linear rule on the three parts, each weighted.
-    """
+
+def _orthogonal(kw: dict) -> None:
     from cmkdtool.data.synth import synth_orthogonal
 
     data = _generate(
         synth_orthogonal,
-        dim=dim,
-        general=general,
-        num_classes=classes,
-        weight_general=weight_general,
-        weight_specific_a=weight_specific_a,
-        weight_specific_b=weight_specific_b,
-        orthogonalize=orthogonalize,
-        n_train=train,
-        n_val=val,
-        n_test=test,
-        seed=seed,
-        train_seed=train_seed,
-        val_seed=val_seed,
-        test_seed=test_seed,
+        dim=kw["dim"],
+        general=kw["general"],
+        num_classes=kw["classes"],
+        weight_general=kw["weight_general"],
+        weight_specific_a=kw["weight_specific_a"],
+        weight_specific_b=kw["weight_specific_b"],
+        orthogonalize=kw["orthogonalize"],
+        **_seeds(kw),
     )
-    _write(data, output, quiet)
+    _write(data, kw["output"], kw["quiet"])
+
+
+_command(
+    "orthogonal",
+    _orthogonal,
+    ORTHOGONAL_PARAMS,
+    """The completely separated data of the CIBA paper (Sec. 3.4, Eq. 4; App. D.1).
+
+    xa = [G; S'] (teacher) and xb = [G; S] (student) share the first D_g channels; G, S, S' are orthogonal
+    across the samples of each split. Labels follow a linear rule on the three parts, each weighted.
+    """,
+)
