@@ -70,14 +70,15 @@ import torch
 from cmkdtool.analysis.spectrum import layer_features, singular_values, summarize
 from cmkdtool.data.synth import synth_orthogonal
 from cmkdtool.data.tensors import load_tensor_data
-from cmkdtool.engine.config import ModelOptions, TrainConfig
-from cmkdtool.engine.loop import predict
+from cmkdtool.engine.config import TrainConfig
+from cmkdtool.engine.inference import predict
 from cmkdtool.io.checkpoints import save_checkpoint
 from cmkdtool.io.tables import FeatureTable, build_table
 from cmkdtool.methods import registry
-from cmkdtool.methods.bottleneck import BottleneckOptions, choose_dim, feature_data, sweep
-from cmkdtool.methods.distill import distill
-from cmkdtool.methods.supervised import pretrain
+from cmkdtool.methods.bottleneck import feature_data
+from cmkdtool.nn.specs import BottleneckOptions, ModelOptions
+from cmkdtool.pipelines.bottleneck import choose_dim, sweep
+from cmkdtool.pipelines.train import distill, pretrain
 
 METHODS = ("no KD", "MSE", "CIBA")
 

@@ -47,13 +47,13 @@ import torch
 
 from cmkdtool.data.synth import synth_orthogonal
 from cmkdtool.data.tensors import load_tensor_data
-from cmkdtool.engine.config import ModelOptions, TrainConfig
-from cmkdtool.engine.loop import predict
+from cmkdtool.engine.config import TrainConfig
+from cmkdtool.engine.inference import predict
 from cmkdtool.io.tables import FeatureTable, build_table
 from cmkdtool.methods import registry
-from cmkdtool.methods.distill import distill
 from cmkdtool.methods.feature import FeatureParams
-from cmkdtool.methods.supervised import pretrain
+from cmkdtool.nn.specs import ModelOptions
+from cmkdtool.pipelines.train import distill, pretrain
 
 try:  # the project's spectrum module; numpy's SVD otherwise
     from cmkdtool.analysis.spectrum import singular_values, summarize

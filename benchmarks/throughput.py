@@ -4,7 +4,7 @@ Three ways to train the same student (a 512-256-10 MLP) with the same KD loss, o
 initial weights, taught by the same frozen teacher (a 512-256-10 MLP, randomly initialised: its outputs only
 need to exist for a throughput measurement):
 
-  cmkdtool      the library path ``cmkdtool distill kd`` runs: ``methods.distill.distill`` on a TensorData
+  cmkdtool      the library path ``cmkdtool distill kd`` runs: ``pipelines.train.distill`` on a TensorData
                 loaded from an in-memory feature table (teacher outputs cached on the device, index-sliced
                 batches, loss values read back once per epoch). The table holds a tiny val split (256 rows) so the
                 per-epoch evaluation is negligible; no training-state file is written.
@@ -44,13 +44,14 @@ from machine_load import cpu_seconds, others_cores, wait_quiet  # benchmarks/mac
 from torch.utils.data import DataLoader, TensorDataset
 
 from cmkdtool.data.tensors import load_tensor_data
-from cmkdtool.engine.config import ModelOptions, TrainConfig
-from cmkdtool.engine.loop import seed_everything
+from cmkdtool.engine.config import TrainConfig
+from cmkdtool.engine.trainer import seed_everything
 from cmkdtool.io.tables import FeatureTable, build_table
 from cmkdtool.methods import registry
-from cmkdtool.methods.distill import build_student, distill
 from cmkdtool.methods.kd import KDParams
 from cmkdtool.nn.models import build_model
+from cmkdtool.nn.specs import ModelOptions
+from cmkdtool.pipelines.train import build_student, distill
 
 TEMPERATURE, CE_WEIGHT, KD_WEIGHT, LR = 4.0, 0.1, 0.9, 1e-3
 VAL_ROWS = 256
@@ -92,7 +93,7 @@ def run_cmkdtool(data, teacher, args, epoch_times: list[float]) -> float:
         state_file=None,
     )
     sync(data.device)
-    epoch_times.append(sum(row["time_s"] for row in result.history))  # the epochs alone, as fit times them
+    epoch_times.append(sum(result.epoch_seconds))  # the epochs alone, as fit times them
     return time.perf_counter() - t0
 
 

@@ -13,17 +13,19 @@ from typer.testing import CliRunner
 from cmkdtool.cli.app import app
 from cmkdtool.data.synth import synth_orthogonal
 from cmkdtool.data.tensors import load_tensor_data
-from cmkdtool.engine.config import BottleneckOptions, ModelOptions, TrainConfig
-from cmkdtool.engine.loop import Batch, predict
+from cmkdtool.engine.config import TrainConfig
+from cmkdtool.engine.inference import predict
+from cmkdtool.engine.method import Batch
 from cmkdtool.errors import CmkdError, CmkdUsageError
 from cmkdtool.io.checkpoints import load_bottleneck, load_model, read_checkpoint, save_checkpoint
 from cmkdtool.io.tables import build_table, read_tables, write_table
 from cmkdtool.losses.bottleneck import cross_generation, gaussian_kl, reparameterize, vq_losses
 from cmkdtool.methods import registry
-from cmkdtool.methods.bottleneck import choose_dim, evaluate, feature_data, fit_bottleneck
-from cmkdtool.methods.distill import distill
-from cmkdtool.methods.supervised import pretrain
+from cmkdtool.methods.bottleneck import evaluate, feature_data
 from cmkdtool.nn.bottleneck import build_bottleneck
+from cmkdtool.nn.specs import BottleneckOptions, ModelOptions
+from cmkdtool.pipelines.bottleneck import choose_dim, fit_bottleneck
+from cmkdtool.pipelines.train import distill, pretrain
 
 runner = CliRunner()
 

@@ -12,13 +12,13 @@ from typer.testing import CliRunner
 from cmkdtool.cli.app import app
 from cmkdtool.data.synth import synth_orthogonal
 from cmkdtool.data.tensors import load_tensor_data
-from cmkdtool.engine.config import ModelOptions, TrainConfig
-from cmkdtool.engine.loop import Batch
+from cmkdtool.engine.config import TrainConfig
+from cmkdtool.engine.method import Batch
 from cmkdtool.io.checkpoints import load_model, read_checkpoint, read_metadata
 from cmkdtool.io.tables import FeatureTable, build_table, read_tables, write_table
 from cmkdtool.methods import registry
-from cmkdtool.methods.distill import distill
-from cmkdtool.methods.supervised import pretrain
+from cmkdtool.nn.specs import ModelOptions
+from cmkdtool.pipelines.train import distill, pretrain
 
 runner = CliRunner()
 LINEAR = ["--arch", "linear", "--epochs", "200", "--lr", "0.01", "-q"]
@@ -173,7 +173,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(mfh_table, mfh, tmp
     """Interrupted after epoch 3 of 6, the run resumes from its last saved epoch to the uninterrupted weights.
     The state is saved after epoch 1 and then once ``STATE_INTERVAL_S`` has passed: with 0 s after every epoch
     (resume after epoch 3), with an hour only after epoch 1 (resume after epoch 1)."""
-    from cmkdtool.engine import loop
+    from cmkdtool.engine import trainer as loop
     from cmkdtool.engine.state import load_state
 
     monkeypatch.setattr(loop, "STATE_INTERVAL_S", interval)

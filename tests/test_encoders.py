@@ -10,11 +10,11 @@ import torch
 from typer.testing import CliRunner
 
 from cmkdtool.cli.app import app
-from cmkdtool.engine.config import ModelOptions
 from cmkdtool.errors import CmkdError, CmkdUsageError
 from cmkdtool.io.checkpoints import load_model, read_metadata, save_checkpoint
 from cmkdtool.io.tables import build_table, write_table
 from cmkdtool.nn.models import build_model
+from cmkdtool.nn.specs import ModelOptions
 
 runner = CliRunner()
 

@@ -322,17 +322,17 @@ def test_failed_command_never_damages_an_existing_output(d, tmp_path, case):
 
 
 def test_failure_while_writing_keeps_the_old_checkpoint(d, tmp_path, monkeypatch):
-    import safetensors.torch
+    from cmkdtool.io import safetensors_io
 
     out = tmp_path / "m.safetensors"
     out.write_bytes(b"known bytes")
 
-    def fail(tensors, filename, metadata=None):
+    def fail(filename, tensors, metadata=None):
         with open(filename, "wb") as f:
             f.write(b"\x00" * 16)  # half a file
         raise CmkdError(f"{out}: cannot write here (No space left on device); choose another output path")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", fail)
+    monkeypatch.setattr(safetensors_io, "save_safetensors", fail)
     line = error_line(pretrain(d, d / "good.parquet", out=out))
     assert "No space left" in line
     assert out.read_bytes() == b"known bytes" and _tmp_files(tmp_path) == []

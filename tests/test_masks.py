@@ -19,14 +19,16 @@ import torch
 from typer.testing import CliRunner
 
 from cmkdtool.cli.app import app
-from cmkdtool.data.masks import MaskOptions, fit_mask_fill, mask_spec, read_salience, removed_channels
+from cmkdtool.data.masks import MaskOptions, fit_mask_fill, mask_spec, removed_channels
 from cmkdtool.data.tensors import load_tensor_data
-from cmkdtool.engine.config import ModelOptions, TrainConfig
+from cmkdtool.engine.config import TrainConfig
 from cmkdtool.errors import CmkdError, CmkdUsageError
 from cmkdtool.io.checkpoints import load_model, read_checkpoint, read_metadata, save_checkpoint
+from cmkdtool.io.salience import read_salience
 from cmkdtool.io.tables import read_tables
-from cmkdtool.methods.supervised import pretrain
 from cmkdtool.nn.models import build_model, new_model
+from cmkdtool.nn.specs import ModelOptions
+from cmkdtool.pipelines.train import pretrain
 
 runner = CliRunner()
 TEACHER = ["--arch", "linear", "--epochs", "20", "--lr", "0.01", "-q"]
@@ -444,11 +446,12 @@ def test_mask_option_and_table_errors(mfh_table, tmp_path):
     base = _pretrain_args(mfh_table, out)
     good = tmp_path / "sal.parquet"
     write_salience(good, RANK)
-    assert "--ratio must lie in [0, 1), got 1.0" in fails(2, *base, "--mask", good, "--ratio", "1.0")
-    assert "--ratio must lie in [0, 1), got -0.1" in fails(2, *base, "--mask", good, "--ratio", "-0.1")
+    assert "--ratio must be in [0, 1); got 1" in fails(2, *base, "--mask", good, "--ratio", "1.0")
+    assert "--ratio must be in [0, 1); got -0.1" in fails(2, *base, "--mask", good, "--ratio", "-0.1")
     msg = fails(2, *base, "--mask", good, "--keep", "bogus")
-    assert "--keep must be one of general, specific, random, not 'bogus'" in msg
-    assert "--fill must be one of zero, mean, not 'median'" in fails(2, *base, "--mask", good, "--fill", "median")
+    assert "'--keep'" in msg and "'bogus' is not one of 'general', 'specific', 'random'" in msg
+    msg = fails(2, *base, "--mask", good, "--fill", "median")
+    assert "'--fill'" in msg and "'median' is not one of 'zero', 'mean'" in msg
     msg = fails(1, *base, "--mask", mfh_table)  # a feature table, not a salience table
     assert f"{mfh_table}: not a salience table (no column 'channel')" in msg and "rank-salience" in msg
     assert f"{tmp_path / 'missing.parquet'}: no such file" in fails(1, *base, "--mask", tmp_path / "missing.parquet")
@@ -460,7 +463,7 @@ def test_mask_option_and_table_errors(mfh_table, tmp_path):
     # distill checks the same options (before it reads the teacher)
     msg = fails(2, "distill", "kd", mfh_table, "-t", tmp_path / "none.safetensors", "-i", "xb", "-o", out,
                 "--mask", good, "--keep", "bogus")  # fmt: skip
-    assert "--keep must be one of general, specific, random, not 'bogus'" in msg
+    assert "'--keep'" in msg and "'bogus' is not one of 'general', 'specific', 'random'" in msg
     assert not out.exists()
 
 

@@ -238,12 +238,14 @@ def test_rank_salience_with_given_models_and_both(ones_table, tmp_path):
 def test_joint_training_aligns_the_networks(ones_table):
     """Eq. 28 training lowers the distance between the two networks' outputs and both learn the labels."""
     from cmkdtool.data.tensors import load_tensor_data
-    from cmkdtool.engine.config import ModelOptions, TrainConfig
+    from cmkdtool.engine.config import TrainConfig
     from cmkdtool.io.tables import read_tables
+    from cmkdtool.nn.specs import ModelOptions
+    from cmkdtool.pipelines.train import joint_train
 
     data = load_tensor_data(read_tables([str(ones_table)]), ["xa", "xb"], torch.device("cpu"))
     cfg = TrainConfig(epochs=60, batch_size=None, optimizer="sgd", lr=0.05, select="last")
-    na, nb, result = S.joint_train(data, "xa", "xb", model=ModelOptions(arch="linear", hidden=[]), config=cfg,
+    na, nb, result = joint_train(data, "xa", "xb", model=ModelOptions(arch="linear", hidden=[]), config=cfg,
                                    quiet=True)  # fmt: skip
     first, last = result.history[0], result.history[-1]
     assert last["train/dist"] < 0.5 * first["train/dist"] or last["train/dist"] < 0.05

@@ -424,17 +424,17 @@ def test_failed_table_write_leaves_existing_file_and_no_temp(tmp_path, monkeypat
 
 
 def test_failed_checkpoint_write_leaves_existing_file_and_no_temp(tmp_path, monkeypatch):
-    import safetensors.torch
+    from cmkdtool.io import safetensors_io
 
     dest = tmp_path / "model.safetensors"
     dest.write_bytes(b"old checkpoint")
 
-    def partial(tensors, filename, metadata=None):
+    def partial(filename, tensors, metadata=None):
         with open(filename, "wb") as f:
             f.write(b"\x10\x00\x00\x00")
         raise KeyboardInterrupt  # an interrupt half-way is cleaned up as well
 
-    monkeypatch.setattr(safetensors.torch, "save_file", partial)
+    monkeypatch.setattr(safetensors_io, "save_safetensors", partial)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(dest, {"w": torch.zeros(2)}, {"arch": "linear"})
     assert dest.read_bytes() == b"old checkpoint"

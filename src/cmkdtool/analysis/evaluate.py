@@ -9,7 +9,7 @@ import torch
 
 from cmkdtool.analysis.metrics import classification_metrics, multilabel_metrics, retrieval_recall
 from cmkdtool.data.tensors import TensorData
-from cmkdtool.engine.loop import predict
+from cmkdtool.engine.inference import predict
 from cmkdtool.errors import CmkdError, CmkdUsageError
 
 SPLIT_CHOICES = ("train", "val", "test", "all")

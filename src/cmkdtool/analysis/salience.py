@@ -29,9 +29,10 @@ import torch
 from torch import Tensor, nn
 
 from cmkdtool.data.tensors import TensorData
-from cmkdtool.engine.loop import Batch, Method, predict, task_loss
+from cmkdtool.engine.inference import predict
 from cmkdtool.errors import CmkdError, CmkdUsageError
-from cmkdtool.losses.alignment import DISTANCES, POINTWISE, logit_distance
+from cmkdtool.losses.alignment import DISTANCES, POINTWISE
+from cmkdtool.nn.inference import LazyRows, map_rows
 
 NORMALIZE = ("minmax", "max", "none")
 BLOCK_ELEMENTS = 1 << 20  # floats per block of permuted pre-activations (4 MiB; measured best on 2 cores)
@@ -46,67 +47,6 @@ class SalienceResult:
     raw: np.ndarray  # mean distance over the repeats (Algorithm 1 before step 9)
     salience: np.ndarray
     rank: np.ndarray
-
-
-# ---- step 1: joint training (Eq. 28) ----------------------------------------------------------------------
-
-
-class _Pair(nn.Module):
-    """Both networks as one module (one state_dict); its forward is network a's, for val selection."""
-
-    def __init__(self, a: nn.Module, b: nn.Module) -> None:
-        super().__init__()
-        self.a, self.b = a, b
-
-    def forward(self, inputs):
-        return self.a(inputs)
-
-
-class JointAlignment(Method):
-    """MFH Eq. 28: Dist(f1(X^a), f2(X^b)) + CE(Y, f1(X^a)) + CE(Y, f2(X^b)), both networks trained."""
-
-    name = "joint-alignment"
-
-    def __init__(self, net_a: nn.Module, net_b: nn.Module, distance: str, task: str) -> None:
-        super().__init__()
-        self.student = _Pair(net_a, net_b)
-        self.distance = distance
-        self.task = task
-
-    def record(self) -> dict:
-        return {"distance": self.distance}
-
-    def training_step(self, batch: Batch) -> dict[str, Tensor]:
-        la, lb = self.student.a(batch.inputs), self.student.b(batch.inputs)
-        return {
-            "dist": logit_distance(la, lb, self.distance),
-            "ce_a": task_loss(la, batch.target, self.task),
-            "ce_b": task_loss(lb, batch.target, self.task),
-        }
-
-
-def joint_train(data: TensorData, input_a: str, input_b: str, *, model=None, config=None, distance: str = "mse",
-                quiet: bool = False, state_file: str | None = None, resume: bool = False):  # fmt: skip
-    """Algorithm 1 step 1: two unimodal networks (``model``: ModelOptions) aligned by Eq. 28.
-
-    Returns ``(net_a, net_b, FitResult)``; the selected epoch is the best of network a on the val split
-    (``config.select='best'``) or the last.
-    """
-    from cmkdtool.engine.config import ModelOptions, TrainConfig
-    from cmkdtool.engine.loop import fit, seed_everything
-    from cmkdtool.nn.models import new_model
-
-    if distance not in DISTANCES:
-        raise CmkdUsageError(f"unknown distance '{distance}'; choose one of {', '.join(DISTANCES)}")
-    cfg = config or TrainConfig()
-    seed_everything(cfg.seed)
-    opts = model or ModelOptions()
-    net_a = new_model(data, opts, "teacher", [input_a])
-    net_b = new_model(data, opts, "student", [input_b])
-    method = JointAlignment(net_a, net_b, distance, data.task)
-    result = fit(method, data, cfg, quiet=quiet, desc="align (Eq. 28)", state_file=state_file, resume=resume)
-    method.student.load_state_dict(result.state_dict)
-    return net_a.eval(), net_b.eval(), result
 
 
 # ---- steps 2-9: permutation salience -------------------------------------------------------------------------
@@ -125,15 +65,13 @@ def _stages(net) -> list[tuple[str, object]]:
     return stages
 
 
-def _layer_output(net, data: TensorData, rows: Tensor, layer: str, chunk: int = 8192) -> Tensor:
+def _layer_output(net, data: TensorData, rows: Tensor, layer: str) -> Tensor:
     """The output of ``layer`` of ``net`` on ``rows``, float32, chunked, in eval mode."""
-    parts = []
-    with torch.no_grad():
-        for start in range(0, len(rows), chunk):
-            idx = rows[start : start + chunk]
-            _, feats = net.forward_layers({n: data.inputs[n][idx] for n in net.input_names}, [layer])
-            parts.append(feats[layer].float())
-    return torch.cat(parts)
+
+    def run(idx: Tensor) -> Tensor:
+        return net.forward_layers(LazyRows(data.inputs, idx), [layer])[1][layer].float()
+
+    return torch.cat(map_rows(run, rows))
 
 
 def _in_place(step):
@@ -216,7 +154,15 @@ def permutation_salience(
         acc = torch.zeros(total, dtype=torch.float64, device=dev)
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, desc=desc, unit="perm", file=sys.stderr, disable=quiet, leave=False, dynamic_ncols=True)
+        bar = tqdm(
+            total=total,
+            desc=desc,
+            unit="perm",
+            file=sys.stderr,
+            disable=quiet or not sys.stderr.isatty(),
+            leave=False,
+            dynamic_ncols=True,
+        )
         for start in range(0, total, per_block):
             pairs = torch.arange(start, min(total, start + per_block))
             chans = (pairs % d).to(dev)
@@ -277,9 +223,12 @@ def layer_of(net, layer: str | None) -> str:
             f"rank-salience permutes the channels of a single-input network; this one reads {net.input_names}"
         )
     name = layer or f"input.{net.input_names[0]}"
-    names = [s for s, _ in _stages(net)]
+    stages = _stages(net)
+    names = [s for s, _ in stages]
     if name not in names:
         raise CmkdUsageError(f"unknown layer {name!r}; layers that can be ranked: {', '.join(names)}")
+    if not [step for _, step in stages[names.index(name) + 1 :] if step is not None]:
+        raise CmkdUsageError(f"layer {name!r} is the output; rank an earlier layer")
     return name
 
 
@@ -295,8 +244,6 @@ def rank_network(net_p, net_q, data: TensorData, rows: Tensor, *, layer: str | N
     stages = _stages(net_p)
     k = [s for s, _ in stages].index(name)
     rest = [step for _, step in stages[k + 1 :] if step is not None]
-    if not rest:
-        raise CmkdUsageError(f"layer {name!r} is the output; rank an earlier layer")
     z = _layer_output(net_p, data, rows, name)
     target, _ = predict(net_q, data, rows)
     raw = permutation_salience(
@@ -316,10 +263,8 @@ def recovered(result: SalienceResult, truth: list[int]) -> float:
 
 
 __all__ = [
-    "JointAlignment",
     "NORMALIZE",
     "SalienceResult",
-    "joint_train",
     "layer_of",
     "normalize",
     "permutation_salience",

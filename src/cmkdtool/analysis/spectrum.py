@@ -265,11 +265,11 @@ def layer_features(
     """Outputs of ``layer`` (see ``CmkdModel.layer_names``) on ``rows`` of ``data``, float32 ``(N, F)``.
 
     Runs in eval mode, fp32, under ``no_grad``, ``batch_size`` rows at a time on ``data``'s device
-    (``engine.loop.predict_layers``), and returns them on the host.
+    (``engine.inference.predict_layers``), and returns them on the host.
     """
     import torch
 
-    from cmkdtool.engine.loop import predict_layers
+    from cmkdtool.engine.inference import predict_layers
 
     idx = torch.as_tensor(rows, dtype=torch.long, device=data.device)
     return predict_layers(model, data, idx, [layer], batch_size=batch_size)[layer].cpu().numpy()
@@ -311,3 +311,63 @@ def column_spectrum(
         raise CmkdError(f"{table.name}: no rows in the '{split}' split; choose another --split")
     x = x[rows]
     return Spectrum(column, singular_values(x, center=True), (int(x.shape[0]), int(x.shape[1])), "column", True, split)
+
+
+def plot_spectra(path: str, labels: list[str], sigmas: list) -> None:
+    """Log singular value against its 1-based index, one line per input (CIBA Fig. 3 / Fig. 5)."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from cmkdtool.io.atomic import atomic_path
+
+    fig = Figure(figsize=(7, 4.5), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    drawn = False
+    for label, sv in zip(labels, sigmas, strict=True):
+        y = np.where(sv > 0, sv, np.nan)  # zeros have no logarithm: the line stops there
+        if np.isfinite(y).any():
+            ax.plot(np.arange(1, len(sv) + 1), y, marker="." if len(sv) <= 64 else None, label=label)
+            drawn = True
+    if drawn:
+        ax.set_yscale("log")
+        ax.legend(fontsize="small")
+    ax.set_xlabel("singular value index (descending)")
+    ax.set_ylabel("singular value σ (log scale)")
+    ax.set_title("Singular value spectrum")
+    ax.grid(True, which="major", alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+
+
+def plot_bottleneck_spectra(path: str, spectra: list[tuple[int, np.ndarray]], chosen: int) -> None:
+    """log10 singular values of the decoded outputs per bottleneck dimension H (CIBA Fig. 5b) to a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cmkdtool.io.atomic import atomic_path
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    colors = plt.get_cmap("viridis")(np.linspace(0.0, 0.9, len(spectra)))
+    for color, (dim, spectrum) in zip(colors, spectra, strict=True):
+        sv = np.maximum(spectrum, 1e-12)
+        ax.plot(
+            np.arange(1, len(sv) + 1),
+            np.log10(sv),
+            color=color,
+            lw=2.4 if dim == chosen else 1.2,
+            label=f"H = {dim}" + (" (chosen)" if dim == chosen else ""),
+        )
+    ax.set_xlabel("singular value index")
+    ax.set_ylabel(r"$\log_{10}\ \sigma_i$ of the decoded $\hat z$")
+    ax.set_title("Bottleneck output spectrum per H (CIBA Fig. 5b)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=130, format="png")
+    plt.close(fig)

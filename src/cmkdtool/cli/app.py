@@ -13,9 +13,10 @@ import typer
 from cmkdtool import __version__
 from cmkdtool.cli import bottleneck, distill, extract, pretrain, salience, spectrum, synth
 from cmkdtool.cli import eval as eval_cmd
-from cmkdtool.cli.common import debug_enabled, guard
+from cmkdtool.cli.common import OneLineGroup, debug_enabled, guard
 
 app = typer.Typer(
+    cls=OneLineGroup,
     name="cmkdtool",
     help="Cross-modal knowledge distillation: composable commands over Parquet feature tables and "
     "safetensors checkpoints. Data goes to files or stdout; progress and notes go to stderr.",

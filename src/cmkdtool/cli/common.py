@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import shlex
 import sys
 from typing import Annotated
 
 import typer
 
-from cmkdtool.engine.config import parse_batch_size, parse_ints  # noqa: F401  (re-exported for commands)
 from cmkdtool.errors import CmkdError, CmkdUsageError
+from cmkdtool.options import parse_batch_size, parse_floats, parse_ints, split_rule  # noqa: F401  (re-exported)
 
 DeviceOpt = Annotated[
     str,
@@ -88,33 +87,6 @@ def note(msg: str, quiet: bool = False) -> None:
         print(msg, file=sys.stderr)
 
 
-def command_line() -> str:
-    return shlex.join(["cmkdtool", *sys.argv[1:]])
-
-
-def parse_floats(text: str, what: str, n: int | None = None) -> list[float]:
-    try:
-        vals = [float(t) for t in text.replace(" ", "").split(",") if t]
-    except ValueError as e:
-        raise CmkdUsageError(f"{what} must be comma-separated numbers; got '{text}'") from e
-    if n is not None and len(vals) != n:
-        raise CmkdUsageError(f"{what} needs {n} comma-separated numbers; got '{text}'")
-    return vals
-
-
-DEFAULT_SPLIT_RATIO = [0.8, 0.1, 0.1]
-
-
-def split_rule(ratio_text: str | None, seed: int | None, record: dict | None = None) -> tuple[list[float], int]:
-    """The id-hash split rule for tables without a 'split' column: what the command line gives, else what a
-    checkpoint's training record used (so eval, spectrum and distill agree with training), else the default."""
-    record = record or {}
-    ratio = (
-        parse_floats(ratio_text, "--split-ratio", 3) if ratio_text else record.get("split_ratio", DEFAULT_SPLIT_RATIO)
-    )
-    return list(ratio), int(seed if seed is not None else record.get("split_seed", 0))
-
-
 def csv_text(rows: list[dict], fields: list[str]) -> str:
     """Rows as CSV with a header (for --format csv)."""
     import csv
@@ -148,13 +120,25 @@ def debug_enabled() -> bool:
     return os.environ.get("CMKDTOOL_DEBUG", "").strip() not in ("", "0", "false", "no")
 
 
-def guard(func):
-    """Wrap a command: CmkdError -> one line on stderr and its exit status (no traceback unless debugging)."""
+def guard(func=None, *, rules: dict[str, dict] | None = None):
+    """Wrap a command: CmkdError -> one line on stderr and its exit status (no traceback unless debugging).
+
+    Before the command runs, every value is checked (``cmkdtool.options.check_value``): NaN and infinities are
+    refused for every option, seeds must be >= 0, and ``rules`` (option name -> ``ge``/``gt``/``le``/``lt``)
+    adds ranges for a command's own options."""
     import functools
+
+    from cmkdtool.options import check_value, default_rules, flag_name
+
+    if func is None:
+        return lambda f: guard(f, rules=rules)
+    rules = rules or {}
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
+            for name, value in kwargs.items():
+                check_value(flag_name(name), value, rules.get(name, default_rules(name)))
             return func(*args, **kwargs)
         except CmkdError as e:
             if debug_enabled():
@@ -174,28 +158,71 @@ def guard(func):
     return wrapper
 
 
-def finish_training(output: str, model, data, result, meta: dict, quiet: bool) -> None:
-    """Write a trained model's checkpoint (with the shared training record) and history; report on stderr."""
-    from cmkdtool import __version__
-    from cmkdtool.io.checkpoints import save_checkpoint
-    from cmkdtool.io.history import write_history
+ABBREVIATIONS = ("Eq.", "Eqs.", "Sec.", "App.", "Fig.", "Tab.", "e.g.", "i.e.", "cf.", "al.", "vs.")
 
-    record = {
-        "command": command_line(),
-        "version": __version__,
-        **meta,
-        "rows": {s: data.count(s) for s in ("train", "val", "test")},
-        "best_epoch": result.best_epoch,
-        "best_metrics": result.best_metrics,
-        "final_metrics": result.final_metrics,
-    }
-    save_checkpoint(output, model.state_dict(), model.spec, record)
-    write_history(output, result.history)
-    key = "val/map" if data.task == "multilabel" else "val/accuracy"
-    score = result.best_metrics.get(key)
-    summary = (
-        f"{key.split('/')[1]} {score:.4f} on val at epoch {result.best_epoch}"
-        if score is not None
-        else (f"train loss {result.final_metrics.get('train/loss', float('nan')):.4f}, no val split")
-    )
-    note(f"wrote {output} ({summary}) and {output}.history.jsonl", quiet)
+
+def summary_line(doc: str | None) -> str:
+    """The first sentence of a command's help (a period after Eq., Sec., App., e.g. ... does not end it): the
+    line shown in the parent's command list, never cut mid-reference."""
+    text = " ".join((doc or "").split())
+    start = 0
+    while True:
+        end = text.find(". ", start)
+        if end < 0:
+            return text.rstrip(".")
+        if not text[: end + 1].endswith(ABBREVIATIONS):
+            return text[:end]
+        start = end + 2
+
+
+PIPELINE_ORDER = ("synth", "extract", "pretrain", "rank-salience", "fit-bottleneck", "distill", "eval", "spectrum")
+"""Commands in the order a study runs them (how ``cmkdtool --help`` lists them)."""
+
+
+class SummaryGroup(typer.core.TyperGroup):
+    """A command group whose list shows each command's whole first sentence (``summary_line``)."""
+
+    def format_commands(self, ctx, formatter) -> None:
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is not None and not getattr(cmd, "short_help", None):
+                cmd.short_help = summary_line(cmd.help)
+        super().format_commands(ctx, formatter)
+
+
+class OneLineGroup(SummaryGroup):
+    """The root command group: a command-line mistake that click finds (a missing argument, a value of the wrong
+    type, a choice not allowed) is one line on stderr naming the option, exit status 2, like every usage error."""
+
+    def list_commands(self, ctx) -> list[str]:
+        names = super().list_commands(ctx)
+        rank = {n: i for i, n in enumerate(PIPELINE_ORDER)}
+        return sorted(names, key=lambda n: rank.get(n, len(rank)))
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        from cmkdtool.io.provenance import set_command
+
+        set_command(list(sys.argv[1:] if args is None else args))  # what every output records as its command
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except KeyboardInterrupt:
+            print("cmkdtool: interrupted", file=sys.stderr)
+            sys.exit(130)
+        except Exception as e:  # click's exceptions (typer may vendor click: matched by name, not by import)
+            names = {c.__name__ for c in type(e).__mro__}
+            if "Abort" in names:
+                print("cmkdtool: interrupted", file=sys.stderr)
+                sys.exit(130)
+            if "ClickException" not in names:
+                raise
+            if "NoArgsIsHelpError" in names:  # a bare command shows its help, as click does
+                e.show()
+                sys.exit(e.exit_code)
+            ctx = getattr(e, "ctx", None)
+            where = f" (see {ctx.command_path} --help)" if "UsageError" in names and ctx is not None else ""
+            message = " ".join(e.format_message().replace("Value error, ", "").split())
+            print(f"cmkdtool: error: {message}{where}", file=sys.stderr)
+            sys.exit(e.exit_code)
+        sys.exit(rv if isinstance(rv, int) else 0)

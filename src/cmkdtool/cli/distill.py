@@ -8,18 +8,16 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from typer.core import TyperGroup
 
 from cmkdtool.cli import options as o
 from cmkdtool.cli.common import (
     SplitSeedOpt,
+    SummaryGroup,
     check_output,
-    finish_training,
     guard,
     mask_options,
     note,
     run_params,
-    split_rule,
     train_setup,
 )
 
@@ -40,7 +38,16 @@ def _common_params() -> list:
         ),
         o.param(
             "teacher",
-            A[str, typer.Option("--teacher", "-t", help="Teacher checkpoint (frozen; reads its own input columns).")],
+            A[
+                str | None,
+                typer.Option(
+                    "--teacher",
+                    "-t",
+                    help="Teacher checkpoint (frozen; reads its own input columns). Required by "
+                    "every method with a frozen teacher.",
+                ),
+            ],
+            None,
         ),
         o.param(
             "input",
@@ -88,81 +95,42 @@ def _common_params() -> list:
 
 
 def _run(info, kw: dict) -> None:
-    from dataclasses import asdict
-
-    from cmkdtool.data.masks import apply_mask
-    from cmkdtool.data.tensors import check_model_inputs, load_tensor_data
-    from cmkdtool.engine.config import ModelOptions
     from cmkdtool.engine.state import state_path
-    from cmkdtool.io.checkpoints import load_model, read_metadata
-    from cmkdtool.io.tables import file_sha256, read_tables
-    from cmkdtool.methods.distill import distill
+    from cmkdtool.nn.specs import ModelOptions
+    from cmkdtool.pipelines.train import run_distill
 
     tables, teacher, output, quiet = kw["tables"], kw["teacher"], kw["output"], kw["quiet"]
-    check_output(output, *tables, teacher)
+    check_output(output, *tables, *([teacher] if teacher else []))
     params = o.build(info.params, kw)
-    model_opts = o.build(ModelOptions, kw)
+    model = o.build(ModelOptions, kw)
     cfg, dev = train_setup(kw)
-    mask = mask_options(kw)
-    tspec, ttrain = read_metadata(teacher)
-    ratio, sseed = split_rule(kw["split_ratio"], kw["split_seed"], ttrain)
-    student_inputs = list(dict.fromkeys(kw["input"]))
-    teacher_inputs = [i["name"] for i in tspec["inputs"]]
-    table = read_tables(tables, columns=list(dict.fromkeys(student_inputs + teacher_inputs)))
-    for n in table.notes:
-        note(n, quiet)
-    check_model_inputs(table, tspec, teacher)
-    data = load_tensor_data(
-        table,
-        list(dict.fromkeys(student_inputs + teacher_inputs)),
-        dev,
-        num_classes=int(tspec["num_classes"]),
-        split_ratio=ratio,
-        split_seed=sseed,
-        require_train_classes=True,
-    )
-    init = load_model(kw["init"], dev) if kw["init"] else None
-    teacher_net = load_model(teacher, dev)
-    applied = apply_mask(teacher_net, mask, cfg.seed, data, what=teacher)
-    if applied:
-        note(f"teacher: masking {len(applied['removed'])} of {applied['dim']} channels of {applied['layer']}", quiet)
-    student, result = distill(
+    trained = run_distill(
         info,
-        params,
-        data,
-        teacher_net,
-        student_inputs,
-        model=model_opts,
+        tables,
+        teacher,
+        kw["input"],
+        params=params,
+        model=model,
         config=cfg,
-        init=init,
+        mask=mask_options(kw),
+        init=kw["init"],
         cache_teacher=kw["cache_teacher"],
+        split_ratio=kw["split_ratio"],
+        split_seed=kw["split_seed"],
+        device=dev,
         quiet=quiet,
         state_file=state_path(output),
         resume=kw["resume"],
     )
-    meta = {
-        "method": info.name,
-        "params": asdict(params),
-        "config": cfg.record(),
-        "device": str(dev),
-        "split_ratio": ratio,
-        "split_seed": sseed,
-        "teacher": {
-            "path": teacher,
-            "sha256": file_sha256(teacher),
-            "inputs": teacher_inputs,
-            "mask": teacher_net.spec.get("mask"),
-        },
-        "init": kw["init"],
-        "data": [{"path": t, "sha256": file_sha256(t)} for t in tables],
-    }
-    finish_training(output, student, data, result, meta, quiet)
+    history = trained.save(output)
+    note(f"wrote {output} ({trained.summary()}) and {history}", quiet)
 
 
 def method_command(info) -> typer.core.TyperCommand:
     """The click command of one registered method."""
     from cmkdtool.data.masks import MaskOptions
-    from cmkdtool.engine.config import ModelOptions, TrainConfig
+    from cmkdtool.engine.config import TrainConfig
+    from cmkdtool.nn.specs import ModelOptions
 
     params = (
         _common_params()
@@ -179,12 +147,12 @@ def method_command(info) -> typer.core.TyperCommand:
     )
     cmd = o.make_command(lambda kw: _run(info, kw), params, doc)
     t = typer.Typer(rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]})
-    t.command(info.name, no_args_is_help=True)(guard(cmd))
+    t.command(info.name, no_args_is_help=True, short_help=info.summary)(guard(cmd))
     t.command("_unused", hidden=True)(lambda: None)  # keep typer from collapsing a one-command app
     return typer.main.get_command(t).get_command(None, info.name)
 
 
-class DistillGroup(TyperGroup):
+class DistillGroup(SummaryGroup):
     """A group whose subcommands come from the method registry, loaded on first use."""
 
     def list_commands(self, ctx) -> list[str]:

@@ -11,20 +11,21 @@ from typing import Annotated
 import typer
 
 from cmkdtool.cli import options as o
-from cmkdtool.cli.common import (
-    check_output,
-    finish_training,
-    mask_options,
-    note,
-    parse_floats,
-    run_params,
-    split_params,
-    train_setup,
-)
+from cmkdtool.cli.common import check_output, mask_options, note, run_params, split_params, train_setup
 from cmkdtool.data.masks import MaskOptions
-from cmkdtool.engine.config import ModelOptions, TrainConfig
+from cmkdtool.engine.config import TrainConfig
+from cmkdtool.nn.specs import ModelOptions
+from cmkdtool.options import parse_split_ratio
 
 A = Annotated
+
+
+def _role(text: str) -> str:
+    if text not in ("teacher", "student"):
+        raise typer.BadParameter(f"must be teacher or student, not '{text}'")
+    return text
+
+
 PARAMS = [
     o.param(
         "tables", A[list[str], typer.Argument(help="Feature table(s), joined on id ('-': Arrow stream on stdin).")]
@@ -40,7 +41,9 @@ PARAMS = [
     ),
     o.param("output", A[str, typer.Option("--output", "-o", help="Output checkpoint (.safetensors).")]),
     o.param(
-        "role", A[str, typer.Option(help="Recorded role: teacher or student.", rich_help_panel="Model")], "teacher"
+        "role",
+        A[str, typer.Option(help="Recorded role: teacher or student.", rich_help_panel="Model", parser=_role)],
+        "teacher",
     ),
     o.param("resume", A[bool, typer.Option(help="Continue an interrupted run from OUTPUT.state.safetensors.")], False),
     *split_params(),
@@ -52,47 +55,28 @@ PARAMS = [
 
 
 def _run(kw: dict) -> None:
-    from cmkdtool.data.tensors import load_tensor_data
     from cmkdtool.engine.state import state_path
-    from cmkdtool.io.tables import file_sha256, read_tables
-    from cmkdtool.methods.supervised import pretrain as run
+    from cmkdtool.pipelines.train import run_pretrain
 
     tables, output, quiet = kw["tables"], kw["output"], kw["quiet"]
     check_output(output, *tables)
-    ratio = parse_floats(kw["split_ratio"], "--split-ratio", 3)
-    model = o.build(ModelOptions, kw)
     cfg, dev = train_setup(kw)
-    mask = mask_options(kw)
-    table = read_tables(tables, columns=list(kw["input"]))
-    for n in table.notes:
-        note(n, quiet)
-    data = load_tensor_data(
-        table,
-        list(dict.fromkeys(kw["input"])),
-        dev,
-        split_ratio=ratio,
-        split_seed=kw["split_seed"],
-        require_train_classes=True,
-    )
-    net, result = run(
-        data,
-        model=model,
-        role=kw["role"],
+    trained = run_pretrain(
+        tables,
+        kw["input"],
+        model=o.build(ModelOptions, kw),
         config=cfg,
-        mask=mask,
+        mask=mask_options(kw),
+        role=kw["role"],
+        split_ratio=parse_split_ratio(kw["split_ratio"]),
+        split_seed=kw["split_seed"],
+        device=dev,
         quiet=quiet,
         state_file=state_path(output),
         resume=kw["resume"],
     )
-    meta = {
-        "method": "supervised",
-        "config": cfg.record(),
-        "device": str(dev),
-        "split_ratio": ratio,
-        "split_seed": kw["split_seed"],
-        "data": [{"path": t, "sha256": file_sha256(t)} for t in tables],
-    }
-    finish_training(output, net, data, result, meta, quiet)
+    history = trained.save(output)
+    note(f"wrote {output} ({trained.summary()}) and {history}", quiet)
 
 
 pretrain = o.make_command(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Annotated
 
@@ -11,14 +10,15 @@ import typer
 from cmkdtool.cli import options as o
 from cmkdtool.cli.common import (
     check_output,
-    command_line,
     note,
-    parse_floats,
     run_params,
     split_params,
     train_setup,
 )
-from cmkdtool.engine.config import ModelOptions, TrainConfig
+from cmkdtool.engine.config import TrainConfig
+from cmkdtool.nn.specs import ModelOptions
+from cmkdtool.options import parse_split_ratio
+from cmkdtool.pipelines.salience import JOINT_MODEL, JOINT_TRAIN
 
 A = Annotated
 PANEL = "Salience"
@@ -80,6 +80,7 @@ PARAMS = [
         "repeats",
         A[int, typer.Option("--repeats", "-M", help="Permutations M per channel (paper: 100).", rich_help_panel=PANEL)],
         100,
+        ge=1,
     ),
     o.param(
         "distance",
@@ -103,164 +104,47 @@ PARAMS = [
         A[str, typer.Option(help="Rows permuted and scored: train, val, test or all.", rich_help_panel=PANEL)],
         "train",
     ),
-    o.param("top", A[int, typer.Option(help="Channels listed at each end of the ranking on stdout (0: none).")], 10),
+    o.param(
+        "top", A[int, typer.Option(help="Channels listed at each end of the ranking on stdout (0: none).")], 10, ge=0
+    ),
     *split_params(),
     *run_params(),
-    *o.dataclass_params(ModelOptions, "Joint training: networks"),
-    *o.dataclass_params(TrainConfig, "Joint training: optimisation"),
+    *o.dataclass_params(ModelOptions, "Joint training: networks", defaults=JOINT_MODEL),
+    *o.dataclass_params(TrainConfig, "Joint training: optimisation", defaults=JOINT_TRAIN),
 ]
 
 
 def _run(kw: dict) -> None:
-    from dataclasses import asdict
-
-    from cmkdtool.analysis.salience import NORMALIZE, joint_train, rank_network, recovered
-    from cmkdtool.data.tensors import check_model_inputs, load_tensor_data
-    from cmkdtool.errors import CmkdUsageError
-    from cmkdtool.io.checkpoints import load_model, read_metadata
-    from cmkdtool.io.tables import file_sha256, read_tables
-    from cmkdtool.losses.alignment import DISTANCES
+    from cmkdtool.pipelines.salience import run_rank_salience
 
     tables, output, quiet = kw["tables"], kw["output"], kw["quiet"]
-    a, b = kw["teacher_input"], kw["student_input"]
-    given = [m for m in (kw["teacher_model"], kw["student_model"]) if m]
-    check_output(output, *tables, *given)
-    if len(given) == 1:
-        raise CmkdUsageError("give both --teacher-model and --student-model, or neither (to train them jointly)")
-    if a == b:
-        raise CmkdUsageError("--teacher-input and --student-input name the same column; give one per modality")
-    if kw["distance"] not in DISTANCES:
-        raise CmkdUsageError(f"unknown --distance '{kw['distance']}'; choose one of {', '.join(DISTANCES)}")
-    if kw["normalize"] not in NORMALIZE:
-        raise CmkdUsageError(f"unknown --normalize '{kw['normalize']}'; choose one of {', '.join(NORMALIZE)}")
-    if kw["split"] not in SPLITS:
-        raise CmkdUsageError(f"unknown --split '{kw['split']}'; choose one of {', '.join(SPLITS)}")
-    if kw["repeats"] < 1:
-        raise CmkdUsageError("--repeats must be at least 1")
-    ratio = parse_floats(kw["split_ratio"], "--split-ratio", 3)
-    cfg, dev = train_setup(kw)  # checked now even when two trained networks make it unused
-    table = read_tables(tables, columns=[a, b])
-    for n in table.notes:
-        note(n, quiet)
-    data = load_tensor_data(table, [a, b], dev, split_ratio=ratio, split_seed=kw["split_seed"])
-
-    record: dict = {}
-    if given:
-        net_a, net_b = load_model(kw["teacher_model"], dev), load_model(kw["student_model"], dev)
-        for path, net, col in ((kw["teacher_model"], net_a, a), (kw["student_model"], net_b, b)):
-            spec, _ = read_metadata(path)
-            if net.input_names != [col]:
-                raise CmkdUsageError(f"{path} reads {net.input_names}, not the single column '{col}'")
-            check_model_inputs(table, spec, path)
-        record["models"] = [{"path": p, "sha256": file_sha256(p)} for p in given]
-    else:
-        if data.target is None:
-            raise CmkdUsageError(f"{table.name}: no labels for the joint training (Eq. 28); add a label column")
-        model = o.build(ModelOptions, kw)
-        net_a, net_b, result = joint_train(data, a, b, model=model, config=cfg, distance=kw["distance"], quiet=quiet)
-        record["joint_training"] = {
-            "model": asdict(model),
-            "config": cfg.record(),
-            "best_epoch": result.best_epoch,
-            "final_metrics": result.final_metrics,
-        }
-        note(f"aligned the two networks (Eq. 28): {_metrics_text(result.final_metrics)}", quiet)
-
-    rows = data.index(kw["split"]) if kw["split"] != "all" else _all_rows(data)
-    if len(rows) < 2:
-        raise CmkdUsageError(f"{table.name}: the {kw['split']} split has {len(rows)} rows; pick another --split")
-    common = {
-        "repeats": kw["repeats"],
-        "seed": kw["seed"],
-        "distance": kw["distance"],
-        "how": kw["normalize"],
-        "quiet": quiet,
-    }
-    results = [rank_network(net_a, net_b, data, rows, layer=kw["layer"], **common)]
-    if kw["both"]:
-        layer_b = kw["student_layer"]
-        if layer_b is None and kw["layer"]:
-            layer_b = kw["layer"].replace(f"input.{a}", f"input.{b}").replace(f"encoders.{a}.", f"encoders.{b}.")
-        results.append(rank_network(net_b, net_a, data, rows, layer=layer_b, **common))
-
-    truth = (table.meta.get("synth") or {}) if isinstance(table.meta, dict) else {}
-    meta = {
-        "format": "cmkdtool.salience",
-        "command": command_line(),
-        "paper": "Xue et al. 2023 (MFH), App. B.4 Algorithm 1",
-        "inputs": {"teacher": a, "student": b},
-        "layers": {r.input: r.layer for r in results},
-        "distance": kw["distance"],
-        "repeats": kw["repeats"],
-        "seed": kw["seed"],
-        "normalize": kw["normalize"],
-        "split": kw["split"],
-        "rows": len(rows),
-        "data": [{"path": t, "sha256": file_sha256(t)} for t in tables],
-        **record,
-    }
-    shared = {"xa": truth.get("general_a"), "xb": truth.get("general_b")}  # synth mfh's ground truth
-    recovery = {
-        r.input: (recovered(r, shared[r.input]), len(shared[r.input]))
-        for r in results
-        if shared.get(r.input) is not None and r.layer == f"input.{r.input}"
-    }
-    if recovery:
-        meta["recovered_shared"] = {k: v[0] for k, v in recovery.items()}
-    _write(output, results, meta)
-    sys.stdout.write(_summary(results, kw["top"], recovery))
-    note(f"wrote {output} ({sum(len(r.raw) for r in results)} channels)", quiet)
-
-
-def _all_rows(data):
-    import torch
-
-    return torch.arange(len(data), device=data.device)
-
-
-def _metrics_text(metrics: dict) -> str:
-    keys = [k for k in ("train/dist", "train/ce_a", "train/ce_b", "val/accuracy") if k in metrics]
-    return ", ".join(f"{k.split('/')[1]} {metrics[k]:.4f}" for k in keys)
-
-
-def _write(path: str, results: list, meta: dict) -> None:
-    import numpy as np
-    import pyarrow as pa
-
-    from cmkdtool.io.tables import META_KEY, write_table
-
-    schema = pa.schema(
-        [
-            pa.field("input", pa.string(), nullable=False),
-            pa.field("layer", pa.string(), nullable=False),
-            pa.field("channel", pa.int32(), nullable=False),
-            pa.field("salience", pa.float32(), nullable=False),
-            pa.field("rank", pa.int32(), nullable=False),
-            pa.field("distance", pa.float64(), nullable=False),
-        ],
-        metadata={META_KEY: json.dumps(meta).encode()},
-    )
-    cols = [
-        pa.array([r.input for r in results for _ in r.raw], pa.string()),
-        pa.array([r.layer for r in results for _ in r.raw], pa.string()),
-        pa.array(np.concatenate([np.arange(len(r.raw)) for r in results]).astype(np.int32)),
-        pa.array(np.concatenate([r.salience for r in results]).astype(np.float32)),
-        pa.array(np.concatenate([r.rank for r in results]).astype(np.int32)),
-        pa.array(np.concatenate([r.raw for r in results]).astype(np.float64)),
-    ]
-    write_table(pa.Table.from_arrays(cols, schema=schema), path)
+    check_output(output, *tables, *[m for m in (kw["teacher_model"], kw["student_model"]) if m])
+    cfg, dev = train_setup(kw)
+    run = run_rank_salience(
+        tables, kw["teacher_input"], kw["student_input"], teacher_model=kw["teacher_model"],
+        student_model=kw["student_model"], layer=kw["layer"], student_layer=kw["student_layer"], both=kw["both"],
+        repeats=kw["repeats"], distance=kw["distance"], normalize=kw["normalize"], split=kw["split"],
+        model=o.build(ModelOptions, kw), config=cfg, split_ratio=parse_split_ratio(kw["split_ratio"]),
+        split_seed=kw["split_seed"], device=dev, quiet=quiet,
+    )  # fmt: skip
+    run.write(output)
+    sys.stdout.write(_summary(run.results, kw["top"], run.recovery, run.quality))
+    note(f"wrote {output} ({sum(len(r.raw) for r in run.results)} channels)", quiet)
 
 
 def _channels(result, idx) -> str:
     return "  ".join(f"{int(i)}:{result.salience[i]:.3f}" for i in idx)
 
 
-def _summary(results: list, top: int, recovery: dict) -> str:
+def _summary(results: list, top: int, recovery: dict, quality: dict) -> str:
     """The most and least salient channels of each ranked layer and, with ``recovery`` (input -> (share found,
     number of truly shared channels)), how many of the truly shared channels rank on top."""
     import numpy as np
 
     lines = []
+    if quality:
+        parts = [f"{k.replace('_', ' ')} {v:.3f}" for k, v in quality.items()]
+        lines.append(f"joint training (Eq. 28) on val: {', '.join(parts)}")
     for r in results:
         order = np.argsort(r.rank)
         d = len(order)

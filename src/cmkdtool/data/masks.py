@@ -16,14 +16,12 @@ The option parsing and channel choice are torch-free; torch is imported only to 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cmkdtool.engine.config import opt
 from cmkdtool.errors import CmkdError, CmkdUsageError
+from cmkdtool.options import opt
 
 KEEPS = ("general", "specific", "random")
 FILLS = ("zero", "mean")
@@ -42,11 +40,14 @@ class MaskOptions:
         "general",
         "general: nullify the least salient channels (a modality-general teacher); specific: the most "
         "salient; random: a seeded random choice.",
+        choices=KEEPS,
     )
-    ratio: float = opt(0.5, "Fraction r of the channels to nullify, in [0, 1).")
+    ratio: float = opt(0.5, "Fraction r of the channels to nullify, in [0, 1).", ge=0, lt=1)
     mask_layer: str | None = opt(None, "Layer to mask [default: the layer the salience table ranks].")
-    fill: str = opt("zero", "Value of nullified channels: zero, or mean (the train-split mean of the channel).")
-    mask_seed: int | None = opt(None, "Seed of --keep random [default: --seed].")
+    fill: str = opt(
+        "zero", "Value of nullified channels: zero, or mean (the train-split mean of the channel).", choices=FILLS
+    )
+    mask_seed: int | None = opt(None, "Seed of --keep random [default: --seed; 0 for eval].", ge=0)
 
     def validate(self) -> None:
         if self.keep not in KEEPS:
@@ -55,70 +56,6 @@ class MaskOptions:
             raise CmkdUsageError(f"--fill must be one of {', '.join(FILLS)}, not '{self.fill}'")
         if not (0.0 <= self.ratio < 1.0) or not math.isfinite(self.ratio):
             raise CmkdUsageError(f"--ratio must lie in [0, 1), got {self.ratio}")
-
-
-@dataclass
-class Salience:
-    """A salience table: one row per channel of one or more (input, layer)s."""
-
-    path: str
-    input: np.ndarray
-    layer: np.ndarray
-    channel: np.ndarray
-    salience: np.ndarray
-    rank: np.ndarray
-    meta: dict
-
-    def layers(self) -> list[str]:
-        return list(dict.fromkeys(self.layer.tolist()))
-
-    def rows(self, layer: str) -> np.ndarray:
-        import numpy as np
-
-        return np.nonzero(self.layer == layer)[0]
-
-
-def read_salience(path: str) -> Salience:
-    """Read a salience table written by ``cmkdtool rank-salience`` (or any Parquet with its columns)."""
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    p = Path(path)
-    if not p.is_file():
-        raise CmkdError(f"{path}: no such file; give a salience table written by cmkdtool rank-salience")
-    try:
-        table = pq.read_table(p)
-    except (pa.ArrowException, OSError) as e:
-        raise CmkdError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from e
-    need = ("channel", "salience", "rank")
-    missing = [c for c in need if c not in table.column_names]
-    if missing:
-        raise CmkdError(
-            f"{path}: not a salience table (no column {missing[0]!r}); give the output of cmkdtool rank-salience"
-        )
-    raw = (table.schema.metadata or {}).get(b"cmkdtool", b"{}")
-    try:
-        meta = json.loads(raw)
-    except ValueError:
-        meta = {}
-    n = table.num_rows
-    default_layer = str(meta.get("layer") or "")
-    col = table.column_names
-    layer = np.asarray(table["layer"].to_pylist() if "layer" in col else [default_layer] * n, dtype=object)
-    inp = np.asarray(table["input"].to_pylist() if "input" in col else [""] * n, dtype=object)
-    sal = np.asarray(table["salience"].to_numpy(zero_copy_only=False), dtype=np.float64)
-    if not np.isfinite(sal).all():
-        raise CmkdError(f"{path}: the salience column holds NaN or inf; re-run rank-salience")
-    return Salience(
-        path=str(path),
-        input=inp,
-        layer=layer,
-        channel=np.asarray(table["channel"].to_numpy(zero_copy_only=False), dtype=np.int64),
-        salience=sal,
-        rank=np.asarray(table["rank"].to_numpy(zero_copy_only=False), dtype=np.int64),
-        meta=meta,
-    )
 
 
 def removed_channels(channels: np.ndarray, rank: np.ndarray, keep: str, ratio: float, seed: int) -> list[int]:
@@ -150,6 +87,8 @@ def mask_spec(options: MaskOptions, model, seed: int) -> dict:
     from cmkdtool.io.tables import file_sha256
 
     options.validate()
+    from cmkdtool.io.salience import read_salience
+
     sal = read_salience(options.mask)
     layer = options.mask_layer
     maskable = model.maskable_layers()

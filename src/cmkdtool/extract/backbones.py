@@ -76,9 +76,14 @@ def weights_file(weights) -> Path:
 
 def _pretrained(name: str, weights, quiet: bool):
     """torchvision's own builder with its weights (it sets what those weights need, e.g. num_classes)."""
+    import contextlib
+    import io
+    import sys
+
     path = weights_file(weights)
-    try:
-        return _torchvision_models().get_model(name, weights=weights, progress=not quiet)
+    try:  # torch hub prints "Downloading: ..." on stdout, where a table may be streaming: send it to stderr
+        with contextlib.redirect_stdout(io.StringIO() if quiet else sys.stderr):
+            return _torchvision_models().get_model(name, weights=weights, progress=not quiet)
     except OSError as e:  # URLError: no network; a read-only cache
         raise CmkdError(
             f"weights {type(weights).__name__}.{weights.name} are not in the torch hub cache ({path}) and could not "

@@ -136,7 +136,14 @@ def run_extract(
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(todo), unit=unit, file=sys.stderr, disable=quiet, dynamic_ncols=True, desc="extract")
+    bar = tqdm(
+        total=len(todo),
+        unit=unit,
+        file=sys.stderr,
+        disable=quiet or not sys.stderr.isatty(),
+        dynamic_ncols=True,
+        desc="extract",
+    )
     # the preprocessed shape of the first good sample; when resuming an extractor whose features are its
     # preprocessed samples (raw pixels, audio maps), the shape of the rows already written
     raw = getattr(extractor, "stores_samples", False)

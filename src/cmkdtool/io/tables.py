@@ -25,7 +25,7 @@ import pyarrow.compute  # noqa: F401  (registers pa.compute)
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from cmkdtool.errors import CmkdError
+from cmkdtool.errors import CmkdError, CmkdUsageError
 from cmkdtool.io.atomic import atomic_path
 
 META_KEY = b"cmkdtool"
@@ -305,7 +305,7 @@ def read_tables(paths: Sequence[str], columns: Sequence[str] | None = None) -> F
     if not paths:
         raise CmkdError("no feature table given")
     if sum(1 for p in paths if str(p) == "-") > 1:
-        raise CmkdError("'-' (stdin) can be given only once")
+        raise CmkdUsageError("'-' (stdin) can be given only once")
     want = None if columns is None else list(dict.fromkeys([*RESERVED, *columns]))
     merged: pa.Table | None = None
     meta: dict = {}

@@ -1,17 +1,62 @@
-"""Base class of distillation methods: a trainable student, a frozen teacher, named loss terms."""
+"""Base classes of the methods: a classifier trained on its labels, and a student taught by a frozen teacher."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from cmkdtool.data.tensors import TensorData
-from cmkdtool.engine.loop import Batch, Method
+from cmkdtool.engine.inference import predict
+from cmkdtool.engine.method import Batch, Method
+from cmkdtool.losses.task import task_loss
+from cmkdtool.nn.inference import LazyRows, map_rows
 
 
-class Distiller(Method):
+def selection_key(task: str | None) -> str:
+    return "map" if task == "multilabel" else "accuracy"
+
+
+def val_metrics(model: nn.Module, data: TensorData, index: Tensor, precision: str, batch_size: int) -> dict:
+    """Task loss and the selection metric (accuracy, or mAP for multi-label) of ``model`` on rows ``index``."""
+    logits, _ = predict(model, data, index, precision=precision, batch_size=batch_size)
+    target = data.target[index]
+    out = {"loss": task_loss(logits, target, data.task)}
+    if data.task == "multilabel":
+        from cmkdtool.analysis.metrics import multilabel_metrics
+
+        out["map"] = multilabel_metrics(target.cpu().numpy(), logits.cpu().numpy())["map"]
+    else:
+        out["accuracy"] = (logits.argmax(1) == target).float().mean()
+    return {k: float(v) for k, v in out.items()}
+
+
+class TaskMethod(Method):
+    """A method whose deployable model (``student``) is a classifier: validated by its task loss and accuracy
+    (mAP for multi-label), the best epoch picked by accuracy (mAP)."""
+
+    def validate(self, data: TensorData, index: Tensor, precision: str, batch_size: int) -> dict[str, float]:
+        return val_metrics(self.student, data, index, precision, batch_size)
+
+    def selection(self, task: str | None) -> tuple[str, bool]:
+        return selection_key(task), True
+
+
+@dataclass
+class DistillContext:
+    """What the distill pipeline hands a method's ``from_context``: the frozen teachers by name (``teacher``
+    is ``--teacher``; other names are the method's checkpoint options), the task, the extra input columns the
+    method reads (its column options; not student inputs) and whether to cache frozen outputs."""
+
+    teachers: dict[str, nn.Module] = field(default_factory=dict)
+    task: str | None = "multiclass"
+    cache_teacher: bool = True
+    columns: dict[str, Any] = field(default_factory=dict)
+
+
+class Distiller(TaskMethod):
     """A student taught by a frozen teacher.
 
     The teacher is kept in eval mode with ``requires_grad`` off and never updated. Because a frozen teacher
@@ -19,7 +64,12 @@ class Distiller(Method):
     features) are computed once for every row and kept on the device; ``teacher_outputs(batch)`` slices
     them by the batch's row indices (``cache_teacher=False`` recomputes them every step instead).
     Subclasses implement ``training_step`` and may add trainable modules (projectors) as attributes.
+
+    ``needs_teacher`` (class attribute): whether ``--teacher`` is required. A method with no frozen teacher
+    (an online teacher trained jointly) or with several overrides ``from_context``.
     """
+
+    needs_teacher = True
 
     def __init__(self, student: nn.Module, teacher: nn.Module, params, task: str, cache_teacher: bool = True):
         super().__init__()
@@ -29,6 +79,11 @@ class Distiller(Method):
         self.task = task
         self.cache_teacher = cache_teacher
         self._cache: dict[str, Tensor] | None = None
+
+    @classmethod
+    def from_context(cls, student: nn.Module, params, ctx: DistillContext) -> Distiller:
+        """Build the method from what the distill pipeline opened (default: the one ``--teacher``)."""
+        return cls(student, ctx.teachers["teacher"], params, ctx.task, cache_teacher=ctx.cache_teacher)
 
     def frozen_modules(self) -> list[nn.Module]:
         return [self.teacher]
@@ -48,15 +103,13 @@ class Distiller(Method):
     def setup(self, data: TensorData) -> None:
         if not self.cache_teacher:
             return
-        chunks: dict[str, list[Tensor]] = {}
-        n = len(data)
-        for start in range(0, n, 8192):
-            x = {k: v[start : start + 8192] for k, v in data.inputs.items()}
-            for k, v in self._teacher_forward(x).items():
-                chunks.setdefault(k, []).append(v)
-        self._cache = {k: torch.cat(v) for k, v in chunks.items()}
+        parts = map_rows(lambda rows: self._teacher_forward(LazyRows(data.inputs, rows)), len(data))
+        self._cache = {k: torch.cat([p[k] for p in parts]) for k in parts[0]} if parts else {}
 
     def teacher_outputs(self, batch: Batch) -> dict[str, Tensor]:
         if self._cache is not None:
             return {k: v[batch.index] for k, v in self._cache.items()}
         return self._teacher_forward(batch.inputs)
+
+
+__all__ = ["DistillContext", "Distiller", "TaskMethod", "selection_key", "val_metrics"]

@@ -7,24 +7,28 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from cmkdtool.engine.config import opt
-from cmkdtool.engine.loop import Batch, task_loss
+from cmkdtool.engine.method import Batch
 from cmkdtool.engine.state import tensor_digest
 from cmkdtool.errors import CmkdError, CmkdUsageError
+from cmkdtool.losses import FEATURE_LOSSES
+from cmkdtool.losses.task import task_loss
 from cmkdtool.methods.base import Distiller
 from cmkdtool.methods.feature import LOSS_HELP, FeatureLossOptions
 from cmkdtool.methods.registry import register
+from cmkdtool.options import opt
 
 
 @dataclass
 class CibaParams(FeatureLossOptions):
     bottleneck: str | None = opt(None, "Bottleneck checkpoint from `cmkdtool fit-bottleneck` (required).")
-    base: str = opt("mse", "Base loss on the first H dimensions: " + LOSS_HELP)
+    base: str = opt("mse", "Base loss on the first H dimensions: " + LOSS_HELP, choices=tuple(FEATURE_LOSSES))
     student_layer: str | None = opt(
         None, "Student layer whose first H dimensions learn h' [default: the bottleneck's student layer]."
     )
-    feature_weight: float = opt(1.0, "Weight of the sub-dimensional feature loss (paper: equal to the task loss).")
-    task_weight: float = opt(1.0, "Weight of the task loss with the labels.")
+    feature_weight: float = opt(
+        1.0, "Weight (>= 0) of the sub-dimensional feature loss (paper: equal to the task loss).", ge=0
+    )
+    task_weight: float = opt(1.0, "Weight (>= 0) of the task loss with the labels.", ge=0)
 
 
 @register("ciba", CibaParams, "CIBA: a bottleneck feature h' of the teacher distilled into the student's first H dims.")

@@ -7,12 +7,14 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from cmkdtool.engine.config import opt
-from cmkdtool.engine.loop import Batch, task_loss
+from cmkdtool.engine.method import Batch
 from cmkdtool.errors import CmkdUsageError
+from cmkdtool.losses import FEATURE_LOSSES
+from cmkdtool.losses.task import task_loss
 from cmkdtool.methods.base import Distiller
 from cmkdtool.methods.registry import register
 from cmkdtool.nn.criteria import FeatureCriterion
+from cmkdtool.options import opt
 
 
 @dataclass
@@ -20,10 +22,10 @@ class FeatureLossOptions:
     """Hyperparameters of the feature losses that have any (shared by ``distill feature`` and ``distill ciba``)."""
 
     temperature: float | None = opt(
-        None, "ce: softmax temperature T [default 1]; clip: (initial) temperature tau [default 0.07]."
+        None, "ce: softmax temperature T (> 0) [default 1]; clip: (initial) temperature tau [default 0.07].", gt=0
     )
     learn_temperature: bool = opt(True, "clip: learn the temperature (as CLIP; 1/tau clamped at 100), else fix it.")
-    margin: float | None = opt(None, "margin: the hinge margin m on cosine similarity [default 0.2].")
+    margin: float | None = opt(None, "margin: the hinge margin m (>= 0) on cosine similarity [default 0.2].", ge=0)
 
     def criterion(self, name: str) -> FeatureCriterion:
         return FeatureCriterion(
@@ -39,13 +41,17 @@ LOSS_HELP = (
 
 @dataclass
 class FeatureParams(FeatureLossOptions):
-    loss: str = opt("mse", LOSS_HELP)
+    loss: str = opt("mse", LOSS_HELP, choices=tuple(FEATURE_LOSSES))
     student_layer: str = opt("embedding", "Student layer to match (names: cmkdtool spectrum --list-layers CKPT).")
     teacher_layer: str = opt("embedding", "Teacher layer to imitate.")
-    feature_weight: float = opt(1.0, "Weight of the feature loss.")
-    task_weight: float = opt(1.0, "Weight of the task loss with the labels (0: feature distillation only).")
+    feature_weight: float = opt(1.0, "Weight (>= 0) of the feature loss.", ge=0)
+    task_weight: float = opt(
+        1.0, "Weight (>= 0) of the task loss with the labels (0: feature distillation only).", ge=0
+    )
     projector: str = opt(
-        "auto", "auto (a learned linear map student->teacher width when widths differ), linear, or none."
+        "auto",
+        "auto (a learned linear map student->teacher width when widths differ), linear, or none.",
+        choices=("auto", "linear", "none"),
     )
 
 

@@ -6,12 +6,13 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from cmkdtool.engine.config import opt
-from cmkdtool.engine.loop import Batch, task_loss
+from cmkdtool.engine.method import Batch
 from cmkdtool.errors import CmkdUsageError
 from cmkdtool.losses import hinton_kd, soft_bce_kd
+from cmkdtool.losses.task import task_loss
 from cmkdtool.methods.base import Distiller
 from cmkdtool.methods.registry import register
+from cmkdtool.options import opt
 
 
 @dataclass
@@ -19,11 +20,12 @@ class KDParams:
     weighting: str = opt(
         "hinton",
         "hinton: ce-weight*CE + kd-weight*T^2*KL(teacher||student); mfh: rho*CE + (1-rho)*T^2*KL (MFH Eq. 1).",
+        choices=("hinton", "mfh"),
     )
-    temperature: float | None = opt(None, "Softmax temperature T [default: 4 for hinton, 1 for mfh].")
-    ce_weight: float = opt(0.1, "Weight of the cross-entropy with the labels (hinton weighting).")
-    kd_weight: float = opt(0.9, "Weight of the distillation term (hinton weighting).")
-    rho: float = opt(0.5, "MFH rho in [0, 1]: weight of CE, 1-rho of KL (mfh weighting; paper: 0.5).")
+    temperature: float | None = opt(None, "Softmax temperature T (> 0) [default: 4 for hinton, 1 for mfh].", gt=0)
+    ce_weight: float = opt(0.1, "Weight (>= 0) of the cross-entropy with the labels (hinton weighting).", ge=0)
+    kd_weight: float = opt(0.9, "Weight (>= 0) of the distillation term (hinton weighting).", ge=0)
+    rho: float = opt(0.5, "MFH rho in [0, 1]: weight of CE, 1-rho of KL (mfh weighting; paper: 0.5).", ge=0, le=1)
 
 
 @register("kd", KDParams, "Knowledge distillation on the teacher's softened logits (Hinton; MFH Eq. 1).")

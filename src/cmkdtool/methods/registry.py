@@ -5,7 +5,7 @@ A method registers once, with its hyperparameter dataclass::
     @register("kd", KDParams, "Hinton knowledge distillation on logits")
     class KD(Distiller): ...
 
-The dataclass (fields built with ``engine.config.opt``) is the single source of the method's CLI options
+The dataclass (fields built with ``cmkdtool.options.opt``) is the single source of the method's CLI options
 (``cmkdtool distill kd --help``), their defaults, and what the student checkpoint records.
 """
 
@@ -44,7 +44,7 @@ def _load_all() -> None:
     import cmkdtool.methods as pkg
 
     for m in pkgutil.iter_modules(pkg.__path__):
-        if not m.name.startswith("_") and m.name not in ("registry", "base", "supervised", "distill", "bottleneck"):
+        if not m.name.startswith("_"):
             importlib.import_module(f"cmkdtool.methods.{m.name}")
 
 

@@ -31,10 +31,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from cmkdtool.engine.config import BOTTLENECK_KINDS, KIND_KEYS
 from cmkdtool.errors import CmkdError, CmkdUsageError
 from cmkdtool.losses.bottleneck import cross_generation, gaussian_kl, reparameterize, vq_losses
 from cmkdtool.nn.models import ACTIVATIONS, Standardize, mlp
+from cmkdtool.nn.specs import BOTTLENECK_KINDS, KIND_KEYS
 
 
 class Bottleneck(nn.Module):

@@ -28,7 +28,7 @@ output can be fed to the rest of the encoder (as permutation salience does), and
 layer masks single (channel, position) features of the flattened output.
 
 Spec keys (see docs/formats.md):
-  arch          linear | mlp | cnn2d | cnn1d | resnet18 | gru (ARCHS in engine/config.py)
+  arch          linear | mlp | cnn2d | cnn1d | resnet18 | gru (ARCHS in nn/specs.py)
   inputs        [{"name": column, "shape": [..]}]
   channels      trunk widths of cnn2d, cnn1d (conv output channels per block) and gru (hidden size per GRU
                 layer), e.g. [32, 64]; absent for the other archs
@@ -50,8 +50,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from cmkdtool.engine.config import ARCHS, CHANNEL_ARCHS
 from cmkdtool.errors import CmkdError, CmkdUsageError
+from cmkdtool.nn.specs import ARCHS, CHANNEL_ARCHS
 
 ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "gelu": nn.GELU, "identity": nn.Identity}
 ROLES = ("teacher", "student")
@@ -476,7 +476,7 @@ def build_model(spec: dict) -> CmkdModel:
 
 
 def new_model(data, options, role: str, inputs: list[str] | None = None) -> CmkdModel:
-    """A fresh model (``options``: engine.config.ModelOptions) on ``inputs`` of ``data`` (a TensorData), its
+    """A fresh model (``options``: nn.specs.ModelOptions) on ``inputs`` of ``data`` (a TensorData), its
     input standardisation fitted on the train rows."""
     model = build_model(options.spec(data, role, inputs))
     train_idx = data.index("train")

@@ -1,0 +1,334 @@
+"""The one training loop every command runs on.
+
+A *method* (``engine/method.py``) owns its modules and returns its loss as named terms; the trainer weights and
+sums them, runs the backward pass (or lets the method take it over), clips, steps the main optimizer, the
+method's own optimizers and the schedules, asks the method for its validation metrics each epoch, keeps the best
+(or last) weights, logs every term to the history and shows progress on a terminal. Batches come from a
+``BatchSource`` (index slices of tensors already on the device); loss values are accumulated on the device and
+read back once per epoch (no per-step host sync). A ``DistContext`` says which process writes.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from cmkdtool.data.tensors import TensorData
+from cmkdtool.engine import state as st
+from cmkdtool.engine.batches import BatchSource, IndexBatches
+from cmkdtool.engine.config import TrainConfig
+from cmkdtool.engine.device import autocast
+from cmkdtool.engine.distributed import SINGLE, DistContext
+from cmkdtool.engine.method import Batch, Method, Step
+from cmkdtool.engine.optim import make_optimizer, make_own_optimizer, make_schedule
+from cmkdtool.errors import CmkdError
+
+STATE_INTERVAL_S = 10.0  # at most one training-state save per this many seconds (plus the first and last epoch)
+MAIN = "main"  # the name of the engine's optimizer in the training state
+
+
+@dataclass
+class FitResult:
+    state_dict: dict[str, Tensor]
+    best_epoch: int
+    history: list[dict]
+    final_metrics: dict[str, float]
+    best_metrics: dict[str, float]
+    epoch_seconds: list[float] = field(default_factory=list)  # wall time of each epoch run (not in the history)
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _progress(quiet: bool, dist: DistContext) -> bool:
+    """Progress bars only for a person: on a terminal, on the main process, unless --quiet."""
+    return not quiet and dist.is_main and sys.stderr.isatty()
+
+
+class Trainer:
+    """Trains ``method`` on the train rows of ``data`` with ``cfg``; see ``fit``."""
+
+    def __init__(
+        self,
+        method: Method,
+        data: TensorData,
+        cfg: TrainConfig,
+        *,
+        quiet: bool = False,
+        desc: str = "train",
+        state_file: str | None = None,
+        dist: DistContext = SINGLE,
+        batches: BatchSource | None = None,
+    ) -> None:
+        cfg.validate()
+        self.method, self.data, self.cfg, self.quiet, self.desc = method, data, cfg, quiet, desc
+        self.state_file, self.dist = state_file, dist
+        self.device = data.device
+        method.to(self.device)
+        self.train_idx, self.val_idx = data.index("train"), data.index("val")
+        if len(self.train_idx) == 0:
+            raise CmkdError(f"{data.source}: the train split is empty; add a 'split' column or change --split-ratio")
+        self.select = cfg.select
+        if self.select == "best" and len(self.val_idx) == 0:
+            self.select = "last"
+            if not quiet and dist.is_main:
+                print(f"note: {data.source} has no val rows; keeping the last epoch's weights", file=sys.stderr)
+        self.batches = batches or IndexBatches(data, self.train_idx, cfg.batch_size)
+        method.setup(data)
+        groups = [g for g in method.param_groups() if g["params"]]
+        self.params = [p for g in groups for p in g["params"]]
+        if not self.params:
+            raise CmkdError("nothing to train: the method has no trainable parameters")
+        steps = self.batches.steps_per_epoch
+        self.opt = make_optimizer(groups, cfg)
+        self.own = {name: make_own_optimizer(name, spec, cfg) for name, spec in method.optimizers().items()}
+        self.optimizers = {MAIN: self.opt, **self.own}
+        self.schedulers = {MAIN: make_schedule(self.opt, cfg, steps)}
+        self.schedulers.update(
+            {n: make_schedule(o, cfg, steps) for n, o in self.own.items() if method.optimizers()[n].schedule}
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "fp16" else None
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        frozen_ids = {id(m) for m in method.frozen_modules()}
+        self.frozen_prefixes = tuple(f"{n}." for n, m in method.named_modules() if id(m) in frozen_ids)
+        start_state = self.trainable_state()
+        self.fingerprint = st.fingerprint(
+            {
+                "cfg": cfg.record(),
+                "method": method.record(),
+                "rows": self.batches.rows,
+                "names": list(start_state),
+                "optimizers": list(self.optimizers),
+                # the starting weights and input statistics: another table or width is refused, not resumed
+                "start": st.tensor_digest(start_state),
+            }
+        )
+        self.key, self.higher = method.selection(data.task)
+        self.best_score, self.best_loss, self.best_epoch = -math.inf, math.inf, 0
+        self.best_state: dict[str, Tensor] | None = None
+        self.best_metrics: dict[str, float] = {}
+        self.history: list[dict] = []
+        self.epoch_seconds: list[float] = []
+        self.start = 1
+
+    def trainable_state(self) -> dict[str, Tensor]:
+        """Everything but the frozen modules (teachers): weights and buffers (method state)."""
+        return {k: v for k, v in self.method.state_dict().items() if not k.startswith(self.frozen_prefixes)}
+
+    # ---- resume --------------------------------------------------------------------------------------------
+
+    def restore(self) -> None:
+        tensors, header = st.load_state(self.state_file)
+        if header.get("fingerprint") != self.fingerprint:
+            raise CmkdError(f"{self.state_file}: saved with other settings or data; rerun without --resume")
+        self.method.load_state_dict(st.prefixed(tensors, "model."), strict=False)
+        st.restore_optimizers(self.optimizers, self.schedulers, tensors, header)
+        if self.scaler is not None and header.get("scaler"):
+            self.scaler.load_state_dict(header["scaler"])
+        self.gen.set_state(tensors["rng.perm"])
+        torch.set_rng_state(tensors["rng.torch"])
+        if "rng.cuda" in tensors and self.device.type == "cuda":
+            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+        best = st.prefixed(tensors, "best.")
+        self.best_state = {k: v.to(self.device) for k, v in best.items()} or None
+        self.best_score, self.best_loss = header["best_score"], header["best_loss"]
+        self.best_epoch, self.best_metrics, self.history = (
+            header["best_epoch"],
+            header["best_metrics"],
+            header["history"],
+        )
+        self.start = header["epoch"] + 1
+        if not self.quiet and self.dist.is_main:
+            print(f"note: resuming from {self.state_file} after epoch {header['epoch']}", file=sys.stderr)
+
+    def save(self, epoch: int) -> None:
+        rng = {"perm": self.gen.get_state(), "torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        st.save_state(
+            self.state_file,
+            model=self.trainable_state(),
+            optimizers=self.optimizers,
+            schedulers=self.schedulers,
+            best=self.best_state,
+            rng=rng,
+            meta={
+                "epoch": epoch,
+                "fingerprint": self.fingerprint,
+                "best_score": self.best_score,
+                "best_loss": self.best_loss,
+                "best_epoch": self.best_epoch,
+                "best_metrics": self.best_metrics,
+                "history": self.history,
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            },
+        )
+
+    # ---- one step, one epoch ----------------------------------------------------------------------------
+
+    def _scale(self, loss: Tensor) -> Tensor:
+        return self.scaler.scale(loss) if self.scaler is not None else loss
+
+    def _step_optimizer(self, opt: torch.optim.Optimizer, params: list[nn.Parameter] | None) -> None:
+        if self.scaler is not None:
+            self.scaler.unscale_(opt)
+        if self.cfg.clip_grad and params:
+            nn.utils.clip_grad_norm_(params, self.cfg.clip_grad)
+        if self.scaler is not None:
+            self.scaler.step(opt)
+        else:
+            opt.step()
+
+    def train_step(self, batch: Batch, index: int, sums: dict[str, Tensor]) -> None:
+        method = self.method
+        with autocast(self.cfg.precision, self.device):
+            out = method.training_step(batch)
+            step = out if isinstance(out, Step) else Step(out)
+            terms = step.terms
+            loss = sum(method.loss_weights.get(k, 1.0) * v for k, v in terms.items())
+        self.opt.zero_grad(set_to_none=True)
+        for o in self.own.values():
+            o.zero_grad(set_to_none=True)
+        method.backward(loss, terms, self._scale)
+        self._step_optimizer(self.opt, self.params)
+        self.schedulers[MAIN].step()
+        if self.own:
+            own_losses = method.own_losses(batch, step)
+            for name, o in self.own.items():
+                if name not in own_losses:
+                    continue
+                own_loss = own_losses[name]
+                if own_loss is not None:
+                    o.zero_grad(set_to_none=True)
+                    self._scale(own_loss).backward()
+                    w = float(len(batch.index))
+                    d = own_loss.detach().float() * w
+                    key = f"{name}_loss"
+                    sums[key] = sums[key] + d if key in sums else d
+                self._step_optimizer(o, None)
+                if name in self.schedulers:
+                    self.schedulers[name].step()
+        if self.scaler is not None:
+            self.scaler.update()
+        method.after_step(batch, step, index)
+        w = float(len(batch.index))
+        for k, v in (("loss", loss), *terms.items()):
+            d = v.detach().float() * w
+            sums[k] = sums[k] + d if k in sums else d
+
+    def train_epoch(self, epoch: int) -> dict:
+        method = self.method
+        method.train()
+        method.on_epoch_start(epoch)
+        lr_now = self.opt.param_groups[0]["lr"]  # the rate this epoch starts with
+        sums: dict[str, Tensor] = {}
+        steps = self.batches.steps_per_epoch
+        for s, batch in enumerate(self.batches.epoch(self.gen)):
+            self.train_step(batch, (epoch - 1) * steps + s, sums)
+        n = self.batches.rows
+        row: dict = {"epoch": epoch, "lr": lr_now}
+        row.update({f"train/{k}": float(self.dist.all_reduce_sum(v)) / n for k, v in sums.items()})
+        if not math.isfinite(row["train/loss"]):
+            raise CmkdError(
+                f"training diverged at epoch {epoch} (loss {row['train/loss']}); lower --lr or clip gradients"
+            )
+        return row
+
+    def validate_epoch(self, epoch: int, row: dict) -> None:
+        if not len(self.val_idx):
+            return
+        vm = self.method.validate(self.data, self.val_idx, self.cfg.precision, self.cfg.eval_batch_size)
+        row.update({f"val/{k}": v for k, v in vm.items()})
+        key, higher = self.key, self.higher
+        score = (vm[key] if higher else -vm[key]) if math.isfinite(vm[key]) else -math.inf  # mAP: NaN w/o positives
+        if self.select == "best" and (
+            score > self.best_score or (score == self.best_score and vm["loss"] < self.best_loss)
+        ):
+            self.best_score, self.best_loss, self.best_epoch = score, vm["loss"], epoch
+            self.best_state = copy.deepcopy(self.method.student.state_dict())
+            self.best_metrics = {f"val/{k}": v for k, v in vm.items()}
+
+    # ---- the run ------------------------------------------------------------------------------------------
+
+    def fit(self, resume: bool = False, on_epoch_end: Callable[[int, dict], None] | None = None) -> FitResult:
+        if resume:
+            self.restore()
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        bar = tqdm(
+            range(self.start, cfg.epochs + 1),
+            desc=self.desc,
+            unit="epoch",
+            file=sys.stderr,
+            disable=not _progress(self.quiet, self.dist),
+            leave=False,
+            dynamic_ncols=True,
+            initial=self.start - 1,
+            total=cfg.epochs,
+        )
+        last_save = time.perf_counter()
+        for epoch in bar:
+            t0 = time.perf_counter()
+            row = self.train_epoch(epoch)
+            self.validate_epoch(epoch, row)
+            self.method.on_epoch_end(epoch, row)
+            self.history.append(row)
+            self.epoch_seconds.append(time.perf_counter() - t0)
+            due = epoch in (self.start, cfg.epochs) or time.perf_counter() - last_save >= STATE_INTERVAL_S
+            if self.state_file and self.dist.is_main and due:
+                last_save = time.perf_counter()
+                self.save(epoch)
+            post = {"loss": f"{row['train/loss']:.4f}"}
+            if f"val/{self.key}" in row:
+                post[f"val_{self.key}"] = f"{row[f'val/{self.key}']:.4f}"
+            bar.set_postfix(post, refresh=False)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, row)
+        bar.close()
+        final = {k: v for k, v in self.history[-1].items() if k.startswith(("train/", "val/"))}
+        best_state, best_epoch, best_metrics = self.best_state, self.best_epoch, self.best_metrics
+        if self.select == "last" or best_state is None:
+            best_state, best_epoch, best_metrics = self.method.student.state_dict(), cfg.epochs, final
+        return FitResult(best_state, best_epoch, self.history, final, best_metrics, self.epoch_seconds)
+
+
+def fit(
+    method: Method,
+    data: TensorData,
+    cfg: TrainConfig,
+    *,
+    quiet: bool = False,
+    desc: str = "train",
+    state_file: str | None = None,
+    resume: bool = False,
+    on_epoch_end: Callable[[int, dict], None] | None = None,
+    dist: DistContext = SINGLE,
+    batches: BatchSource | None = None,
+) -> FitResult:
+    """Train ``method`` on the train split of ``data``; select on the val split; return the student's weights.
+
+    With ``state_file`` the full training state is saved there after the first and the last epoch and after an
+    epoch that ends ``STATE_INTERVAL_S`` seconds or more after the previous save (a save per epoch would dominate
+    runs of many tiny epochs); ``resume`` continues from it, reaching the same weights as an uninterrupted run
+    (bit-identical on the CPU), own optimizers and method state (buffers) included.
+    """
+    trainer = Trainer(method, data, cfg, quiet=quiet, desc=desc, state_file=state_file, dist=dist, batches=batches)
+    return trainer.fit(resume=resume, on_epoch_end=on_epoch_end)
+
+
+__all__ = ["FitResult", "Trainer", "fit", "seed_everything"]
