@@ -20,13 +20,13 @@ def _cli(*args) -> str:
 
 
 def test_library_writes_the_files_the_cli_writes(mfh_table, tmp_path):
-    common = ["--arch", "linear", "--epochs", "4", "--lr", "0.01", "--seed", "3", "-q"]
+    common = ["--arch", "linear", "--epochs", "4", "--lr", "0.01", "--seed", "3", "--device", "cpu", "-q"]
     teacher = tmp_path / "teacher.safetensors"
     line = _cli("pretrain", mfh_table, "-i", "xa", *common, "-o", teacher)
     lib_teacher = tmp_path / "lib-teacher.safetensors"
     cfg = TrainConfig(epochs=4, lr=0.01, seed=3)
     trained = run_pretrain(
-        [str(mfh_table)], ["xa"], model=ModelOptions(arch="linear"), config=cfg, quiet=True, command=line
+        [str(mfh_table)], ["xa"], model=ModelOptions(arch="linear"), config=cfg, device="cpu", quiet=True, command=line
     )
     trained.save(str(lib_teacher))
     assert lib_teacher.read_bytes() == teacher.read_bytes()  # the record names the command, not the output
@@ -37,18 +37,19 @@ def test_library_writes_the_files_the_cli_writes(mfh_table, tmp_path):
     line = _cli("distill", "kd", mfh_table, "-t", teacher, "-i", "xb", "--weighting", "mfh", *common, "-o", kd_cli)
     kd = get("kd")
     run = run_distill(kd, [str(mfh_table)], str(teacher), ["xb"], params=kd.params(weighting="mfh"),
-                      model=ModelOptions(arch="linear"), config=cfg, quiet=True, command=line)  # fmt: skip
+                      model=ModelOptions(arch="linear"), config=cfg, device="cpu", quiet=True,
+                      command=line)  # fmt: skip
     kd_lib = tmp_path / "kd-lib.safetensors"
     run.save(str(kd_lib))
     assert kd_lib.read_bytes() == kd_cli.read_bytes()
-    ev = run_eval(str(kd_lib), [str(mfh_table)])
+    ev = run_eval(str(kd_lib), [str(mfh_table)], device="cpu")
     assert ev.metrics["accuracy"] > 0.55 and ev.metrics["split"] == "test"
 
 
 def test_rank_salience_reports_the_joint_training_quality(mfh_table, tmp_path):
     cfg = TrainConfig(epochs=30, optimizer="sgd", lr=0.01, batch_size=None, select="last")
     run = run_rank_salience([str(mfh_table)], "xa", "xb", model=ModelOptions(arch="linear"), config=cfg,
-                            repeats=2, quiet=True)  # fmt: skip
+                            repeats=2, device="cpu", quiet=True)  # fmt: skip
     q = run.quality
     assert {"accuracy", "accuracy_b", "dist", "train_dist", "val_rows", "val_majority"} <= set(q)
     assert 0.5 < q["accuracy"] <= 1 and q["dist"] >= 0 and q["val_rows"] == 200

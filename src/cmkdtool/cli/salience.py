@@ -143,7 +143,10 @@ def _summary(results: list, top: int, recovery: dict, quality: dict) -> str:
 
     lines = []
     if quality:
-        parts = [f"{k.replace('_', ' ')} {v:.3f}" for k, v in quality.items()]
+        parts = [
+            f"{k.replace('_', ' ')} {v}" if isinstance(v, int) else f"{k.replace('_', ' ')} {v:.3f}"
+            for k, v in quality.items()
+        ]
         lines.append(f"joint training (Eq. 28) on val: {', '.join(parts)}")
     for r in results:
         order = np.argsort(r.rank)

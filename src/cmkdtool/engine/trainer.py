@@ -14,6 +14,7 @@ import copy
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -102,6 +103,8 @@ class Trainer:
             {n: make_schedule(o, cfg, steps) for n, o in self.own.items() if method.optimizers()[n].schedule}
         )
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "fp16" else None
+        if self.scaler is not None:  # a step the scaler skips (inf/NaN gradients) still advances the schedule
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
         self.gen = torch.Generator().manual_seed(cfg.seed)
         frozen_ids = {id(m) for m in method.frozen_modules()}
         self.frozen_prefixes = tuple(f"{n}." for n, m in method.named_modules() if id(m) in frozen_ids)
@@ -207,7 +210,8 @@ class Trainer:
         self._step_optimizer(self.opt, self.params)
         self.schedulers[MAIN].step()
         if self.own:
-            own_losses = method.own_losses(batch, step)
+            with autocast(self.cfg.precision, self.device):  # the step's outputs may be half precision
+                own_losses = method.own_losses(batch, step)
             for name, o in self.own.items():
                 if name not in own_losses:
                     continue
