@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cmkdtool.errors import CmkdError, CmkdUsageError
-from cmkdtool.options import opt
+from cmkdtool.options import check, opt
 
 KEEPS = ("general", "specific", "random")
 FILLS = ("zero", "mean")
@@ -50,12 +50,7 @@ class MaskOptions:
     mask_seed: int | None = opt(None, "Seed of --keep random [default: --seed; 0 for eval].", ge=0)
 
     def validate(self) -> None:
-        if self.keep not in KEEPS:
-            raise CmkdUsageError(f"--keep must be one of {', '.join(KEEPS)}, not '{self.keep}'")
-        if self.fill not in FILLS:
-            raise CmkdUsageError(f"--fill must be one of {', '.join(FILLS)}, not '{self.fill}'")
-        if not (0.0 <= self.ratio < 1.0) or not math.isfinite(self.ratio):
-            raise CmkdUsageError(f"--ratio must lie in [0, 1), got {self.ratio}")
+        check(self)
 
 
 def removed_channels(channels: np.ndarray, rank: np.ndarray, keep: str, ratio: float, seed: int) -> list[int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -13,6 +14,7 @@ from cmkdtool.engine.inference import predict
 from cmkdtool.engine.method import Batch, Method
 from cmkdtool.losses.task import task_loss
 from cmkdtool.nn.inference import LazyRows, map_rows
+from cmkdtool.options import check
 
 
 def selection_key(task: str | None) -> str:
@@ -73,6 +75,8 @@ class Distiller(TaskMethod):
 
     def __init__(self, student: nn.Module, teacher: nn.Module, params, task: str, cache_teacher: bool = True):
         super().__init__()
+        if dataclasses.is_dataclass(params):
+            check(params)  # the ranges and choices its fields declare, also for library callers
         self.student = student
         self.teacher = teacher.eval().requires_grad_(False)
         self.params = params

@@ -70,8 +70,6 @@ class Feature(Distiller):
     def __init__(self, student, teacher, params: FeatureParams, task: str, cache_teacher: bool = True):
         super().__init__(student, teacher, params, task, cache_teacher)
         self.criterion = params.criterion(params.loss)
-        if params.projector not in ("auto", "linear", "none"):
-            raise CmkdUsageError(f"--projector must be auto, linear or none, not '{params.projector}'")
         s_dim, t_dim = student.layer_width(params.student_layer), teacher.layer_width(params.teacher_layer)
         if params.projector == "linear" or (params.projector == "auto" and s_dim != t_dim):
             self.projector: nn.Module = nn.Linear(s_dim, t_dim)

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from cmkdtool.engine.method import Batch
-from cmkdtool.errors import CmkdUsageError
 from cmkdtool.losses import hinton_kd, soft_bce_kd
 from cmkdtool.losses.task import task_loss
 from cmkdtool.methods.base import Distiller
@@ -37,14 +36,8 @@ class KD(Distiller):
 
     def __init__(self, student, teacher, params: KDParams, task: str, cache_teacher: bool = True):
         super().__init__(student, teacher, params, task, cache_teacher)
-        if params.weighting not in ("hinton", "mfh"):
-            raise CmkdUsageError(f"--weighting must be hinton or mfh, not '{params.weighting}'")
-        if not 0.0 <= params.rho <= 1.0:
-            raise CmkdUsageError(f"--rho must lie in [0, 1]; got {params.rho}")
         default_t = 4.0 if params.weighting == "hinton" else 1.0
         self.temperature = default_t if params.temperature is None else params.temperature
-        if self.temperature <= 0:
-            raise CmkdUsageError("--temperature must be positive")
         if params.weighting == "mfh":
             self.loss_weights = {"ce": params.rho, "kd": 1.0 - params.rho}
         else:
