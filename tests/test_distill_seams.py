@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from torch import nn
 from typer.testing import CliRunner
 
 from cmkdtool.cli.app import app
@@ -40,9 +39,8 @@ class Online(Distiller):
     needs_teacher = False
 
     def __init__(self, student, params, task, data_columns):
-        nn.Module.__init__(self)
+        super().__init__(student, None, params, task)
         self.loss_weights = {"kd": params.kd_weight}
-        self.student, self.params, self.task = student, params, task
         self.online = None
         self.aux = data_columns["aux"]
 
@@ -55,9 +53,6 @@ class Online(Distiller):
         assert self.aux in data.inputs and self.student.input_names == ["xb"]
         torch.manual_seed(0)
         self.online = new_model(data, LINEAR, "teacher", [self.aux]).to(data.device)
-
-    def frozen_modules(self):
-        return []
 
     def training_step(self, batch):
         s, t = self.student(batch.inputs), self.online(batch.inputs)

@@ -67,18 +67,19 @@ class Distiller(TaskMethod):
     them by the batch's row indices (``cache_teacher=False`` recomputes them every step instead).
     Subclasses implement ``training_step`` and may add trainable modules (projectors) as attributes.
 
-    ``needs_teacher`` (class attribute): whether ``--teacher`` is required. A method with no frozen teacher
-    (an online teacher trained jointly) or with several overrides ``from_context``.
+    ``needs_teacher`` (class attribute): whether ``--teacher`` is required; a method with no frozen teacher (an
+    online teacher trained jointly) sets it False and gets ``teacher`` None. A method with several frozen teachers
+    or extra columns overrides ``from_context``.
     """
 
     needs_teacher = True
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, params, task: str, cache_teacher: bool = True):
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, params, task: str, cache_teacher: bool = True):
         super().__init__()
         if dataclasses.is_dataclass(params):
             check(params)  # the ranges and choices its fields declare, also for library callers
         self.student = student
-        self.teacher = teacher.eval().requires_grad_(False)
+        self.teacher = None if teacher is None else teacher.eval().requires_grad_(False)
         self.params = params
         self.task = task
         self.cache_teacher = cache_teacher
@@ -87,10 +88,10 @@ class Distiller(TaskMethod):
     @classmethod
     def from_context(cls, student: nn.Module, params, ctx: DistillContext) -> Distiller:
         """Build the method from what the distill pipeline opened (default: the one ``--teacher``)."""
-        return cls(student, ctx.teachers["teacher"], params, ctx.task, cache_teacher=ctx.cache_teacher)
+        return cls(student, ctx.teachers.get("teacher"), params, ctx.task, cache_teacher=ctx.cache_teacher)
 
     def frozen_modules(self) -> list[nn.Module]:
-        return [self.teacher]
+        return [] if self.teacher is None else [self.teacher]
 
     def teacher_layers(self) -> list[str]:
         return ["logits"]
@@ -105,7 +106,7 @@ class Distiller(TaskMethod):
         return {k: v.float() for k, v in feats.items()}
 
     def setup(self, data: TensorData) -> None:
-        if not self.cache_teacher:
+        if not self.cache_teacher or self.teacher is None:
             return
         parts = map_rows(lambda rows: self._teacher_forward(LazyRows(data.inputs, rows)), len(data))
         self._cache = {k: torch.cat([p[k] for p in parts]) for k in parts[0]} if parts else {}
