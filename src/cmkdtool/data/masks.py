@@ -158,18 +158,16 @@ def fit_mask_fill(model, data, split: str = "train", chunk: int = 8192) -> None:
     idx = data.index(split)
     if len(idx) == 0:
         raise CmkdError(f"{data.source}: no {split} rows to compute the mask's mean fill; use --fill zero")
-    was = model.training
-    model.eval()
-    mask.enabled = False
+    from cmkdtool.nn.inference import LazyRows, map_rows
+
+    def chunk_sum(rows):
+        return model.forward_layers(LazyRows(data.inputs, rows), [layer])[1][layer].double().sum(0)
+
     total = torch.zeros(mask.fill.shape, dtype=torch.float64, device=mask.fill.device)
+    mask.enabled = False
     try:
-        with torch.no_grad():
-            for start in range(0, len(idx), chunk):
-                rows = idx[start : start + chunk]
-                x = {n: data.inputs[n][rows] for n in model.input_names}
-                _, feats = model.forward_layers(x, [layer])
-                total += feats[layer].double().sum(0)
+        for part in map_rows(chunk_sum, idx, model, chunk=chunk):
+            total += part
     finally:
         mask.enabled = True
-        model.train(was)
     mask.fill.copy_((total / len(idx)).to(mask.fill.dtype))
