@@ -85,24 +85,6 @@ def _floats(text: str | None, what: str) -> list[float] | None:
     return parse_floats(text, what) if text else None
 
 
-def _default_workers(n_items: int) -> int:
-    """Decoding is a few % of a CNN's CPU time: on 2 cores a worker only competes with the model's threads
-    (benchmarks/extract.py: 0 workers 19.4 img/s, 1 worker 17.2 img/s); with more cores (or a GPU) it pays."""
-    import os
-
-    cores = os.cpu_count() or 1
-    return 0 if n_items < 64 or cores <= 2 else min(8, cores - 1)
-
-
-def _check_not_a_sample(output: str, source) -> None:
-    import os
-
-    out = os.path.realpath(output)
-    for item in source.items:
-        if item.path is not None and os.path.realpath(item.path) == out:
-            raise CmkdUsageError(f"output {output} is also an input ({item.id}); write to another file")
-
-
 def _command(name: str, run, params: list, doc: str) -> None:
     """Register ``extract NAME`` with options ``params``; ``run`` gets the values as a dict."""
     app.command(name, no_args_is_help=True)(guard(o.make_command(run, params, doc)))
@@ -127,95 +109,34 @@ def common_params(batch_size: int = 32, workers: int | None = None) -> list:
     ]
 
 
-def _run(
-    kind: str,
-    kw: dict,
-    extractor,
-    *,
-    exts: tuple[str, ...],
-    clip_exts: tuple[str, ...] = (),
-    unit: str = "file",
-    source=None,
-    inputs: tuple = (),
-) -> None:
-    """Read the source, extract every sample with ``extractor`` and write the table (``kw``: the command's
-    values, ``common_params`` among them)."""
-    from cmkdtool.extract.runner import ON_ERROR, error_record, run_extract
-    from cmkdtool.extract.sources import assign_splits, read_source
-    from cmkdtool.extract.writer import ExtractWriter
-    from cmkdtool.io.provenance import provenance
+TABLE_OPTIONS = ("name", "path_column", "split_ratio", "split_seed", "batch_size", "workers", "device", "precision",
+                 "resume", "chunk_rows", "on_error", "quiet")  # fmt: skip
+"""The ``common_params`` that ``run_extract_table`` takes as they are."""
 
-    output, quiet, on_error = kw["output"], kw["quiet"], kw["on_error"]
-    if on_error not in ON_ERROR:
-        raise CmkdUsageError(f"unknown --on-error '{on_error}'; choose skip or fail")
+
+def _run(kind: str, kw: dict, extractor, *, source=None, inputs: tuple = ()) -> None:
+    """Extract every sample of the source (or ``source``, read already) with ``extractor`` into the table and
+    report (``kw``: the command's values, ``common_params`` among them)."""
+    from cmkdtool.extract.runner import check_on_error
+    from cmkdtool.pipelines.extract import run_extract_table
+
+    output = kw["output"]
+    check_on_error(kw["on_error"])
     check_output(output, kw["source"], *[p for p in inputs if p])
-    column = kw["name"] or kind
-    if source is None:
-        source = read_source(kw["source"], exts, clip_exts=clip_exts, path_column=kw["path_column"])
-    _check_not_a_sample(output, source)
-    ratio, seed = split_rule(kw["split_ratio"], kw["split_seed"])
-    assign_splits(source.items, ratio, seed)
-    settings = extractor.settings()
-    writer = ExtractWriter(
-        output,
-        column,
-        settings,
-        resume=kw["resume"],
-        task=source.task,
-        class_names=source.class_names,
-        split_rule=[ratio, seed],
-        chunk_rows=kw["chunk_rows"],
-    )
-    workers = kw["workers"]
-    result = run_extract(
-        source,
-        extractor,
-        writer,
-        batch_size=kw["batch_size"],
-        workers=_default_workers(len(source.items)) if workers is None else workers,
-        device=kw["device"],
-        precision=kw["precision"],
-        on_error=on_error,
-        quiet=quiet,
-        unit=unit,
-    )
-    meta = {
-        **provenance(),
-        "class_names": source.class_names,
-        "extract": {
-            "kind": kind,
-            "column": column,
-            "settings": settings,
-            "task": source.task,
-            "source": source.description,
-            "split_ratio": ratio,
-            "split_seed": seed,
-            "samples": len(source.items),
-            "errors": error_record(result.errors),
-        },
-    }
-    if source.class_names is None:
-        del meta["class_names"]
-    if writer.shape is None and result.errors:
-        first = result.errors[0]
-        raise CmkdError(
-            f"{output}: no sample could be extracted, nothing written; {len(result.errors)} failed, the first: "
-            f"{first['path']}: {first['error']}"
-        )
-    rows = writer.finish(meta)
-    rate = result.written / result.seconds if result.seconds > 0 else float("nan")
-    resumed = f", {result.skipped} already there" if result.skipped else ""
+    src = kw["source"] if source is None else source
+    run = run_extract_table(kind, src, extractor, output, **{k: kw[k] for k in TABLE_OPTIONS})
+    resumed = f", {run.skipped} already there" if run.skipped else ""
     note(
-        f"wrote {output}: {rows} rows, column '{column}' of shape {list(writer.shape)} "
-        f"({result.written} new at {rate:.1f}/s{resumed})",
-        quiet,
+        f"wrote {output}: {run.rows} rows, column '{run.column}' of shape {run.shape} "
+        f"({run.written} new at {run.rate:.1f}/s{resumed})",
+        kw["quiet"],
     )
-    if result.errors:  # a warning, shown also with --quiet
-        shown = result.errors[:20]
+    if run.errors:  # a warning, shown also with --quiet
+        shown = run.errors[:20]
         lines = "".join(f"\n  {e['path']}: {e['error']}" for e in shown)
-        more = f"\n  ... and {len(result.errors) - len(shown)} more" if len(result.errors) > len(shown) else ""
+        more = f"\n  ... and {len(run.errors) - len(shown)} more" if len(run.errors) > len(shown) else ""
         note(
-            f"cmkdtool: warning: skipped {len(result.errors)} unreadable sample(s), listed in the table metadata:"
+            f"cmkdtool: warning: skipped {len(run.errors)} unreadable sample(s), listed in the table metadata:"
             f"{lines}{more}"
         )
 
@@ -314,14 +235,14 @@ IMAGE_PARAMS = [
 
 
 def _image(kw: dict) -> None:
-    from cmkdtool.extract.image import IMAGE_EXTS, ImageExtractor
+    from cmkdtool.extract.image import ImageExtractor
 
     if kw["raw"] and (kw["weights"] or kw["checkpoint"] or kw["layer"]):
         raise CmkdUsageError("--weights, --checkpoint and --layer need --backbone; --raw stores pixels")
     prep = _image_prep(kw, kw["mode"], kw["raw"])
     features, record = _backbone_features(kw) if kw["backbone"] else (None, None)
     extractor = ImageExtractor(prep, features, record)
-    _run("image", kw, extractor, exts=IMAGE_EXTS, unit="img", inputs=(kw["checkpoint"],))
+    _run("image", kw, extractor, inputs=(kw["checkpoint"],))
 
 
 _command(
@@ -377,10 +298,10 @@ AUDIO_PARAMS = [
 def _audio(kw: dict) -> None:
     import dataclasses
 
-    from cmkdtool.extract.audio import AUDIO_EXTS, AudioExtractor, AudioFeatures
+    from cmkdtool.extract.audio import AudioExtractor, AudioFeatures
 
     settings = AudioFeatures(**{f.name: kw[f.name] for f in dataclasses.fields(AudioFeatures)})
-    _run("audio", kw, AudioExtractor(settings), exts=AUDIO_EXTS, unit="clip")
+    _run("audio", kw, AudioExtractor(settings))
 
 
 _command(
@@ -429,14 +350,13 @@ VIDEO_PARAMS = [
 
 def _video(kw: dict) -> None:
     from cmkdtool.extract.backbones import is_video_model
-    from cmkdtool.extract.image import IMAGE_EXTS
-    from cmkdtool.extract.video import VIDEO_EXTS, VideoExtractor
+    from cmkdtool.extract.video import VideoExtractor
 
     prep = _image_prep(kw, "rgb", False)
     features, record = _backbone_features(kw)
     video_model = is_video_model(kw["backbone"])
     extractor = VideoExtractor(prep, kw["frames"], features, record, video_model, kw["temporal_pool"])
-    _run("video", kw, extractor, exts=VIDEO_EXTS, clip_exts=IMAGE_EXTS, unit="clip", inputs=(kw["checkpoint"],))
+    _run("video", kw, extractor, inputs=(kw["checkpoint"],))
 
 
 _command(
@@ -465,22 +385,6 @@ SublinearOpt = Annotated[bool, typer.Option("--sublinear", help="hashing: term f
 DownloadOpt = Annotated[
     bool, typer.Option("--allow-download", help="sentence-transformers: download a model missing from the cache.")
 ]
-TEXT_EXTS = (".txt", ".md")
-
-
-def _text_source(source_path: str, path_column: str):
-    from pathlib import Path
-
-    from cmkdtool.extract.sources import Item, Source, read_source
-    from cmkdtool.extract.text import read_texts
-
-    if Path(source_path).suffix.lower() == ".txt" and Path(source_path).is_file():
-        texts = read_texts(source_path)
-        items = [Item(i, text=t) for i, t in zip(texts.ids, texts.texts, strict=True)]
-        return Source(items, None, None, {"source": source_path, "layout": "lines"})
-    return read_source(source_path, TEXT_EXTS, path_column=path_column, text_column="text")
-
-
 TEXT_PARAMS = [
     o.param(
         "source",
@@ -505,8 +409,9 @@ TEXT_PARAMS = [
 def _text(kw: dict) -> None:
     from cmkdtool.extract.sources import assign_splits
     from cmkdtool.extract.text import TextExtractor, make_encoder
+    from cmkdtool.pipelines.extract import read_text_source
 
-    src = _text_source(kw["source"], kw["path_column"])
+    src = read_text_source(kw["source"], kw["path_column"])
     enc = make_encoder(
         kw["encoder"],
         dim=kw["dim"],
@@ -528,7 +433,7 @@ def _text(kw: dict) -> None:
             except CmkdError:  # unreadable: reported (or fatal with --on-error fail) by the extraction itself
                 pass
         enc.fit(texts)
-    _run("text", kw, extractor, exts=TEXT_EXTS, unit="text", source=src)
+    _run("text", kw, extractor, source=src)
 
 
 _command(
@@ -571,26 +476,15 @@ ARRAY_PARAMS = [
 
 
 def _array(kw: dict) -> None:
-    from cmkdtool.extract.arrays import read_array_source
-    from cmkdtool.io.provenance import provenance
-    from cmkdtool.io.tables import build_table, hash_split, write_table
+    from cmkdtool.pipelines.extract import run_extract_array
 
     source, output, meta = kw["source"], kw["output"], kw["meta"]
     check_output(output, source, *([meta] if meta else []))
-    src = read_array_source(source, kw["key"], meta)
-    ratio, seed = split_rule(kw["split_ratio"], kw["split_seed"])
-    split = src.split if src.split is not None else list(hash_split(src.ids, ratio, seed))
-    column = kw["name"] or "array"
-    task = "multiclass" if src.label is not None else ("multilabel" if src.labels is not None else None)
-    info = {"kind": "array", "column": column, "settings": src.config, "task": task}
-    if src.split is None:
-        info.update(split_ratio=ratio, split_seed=seed)
-    table_meta = {**provenance(), "extract": info}
-    if src.class_names is not None:
-        table_meta["class_names"] = src.class_names
-    table = build_table(src.ids, {column: src.values}, label=src.label, labels=src.labels, split=split, meta=table_meta)
-    write_table(table, output)
-    note(f"wrote {output}: {src.num_rows} rows, column '{column}' of shape {list(src.sample_shape)}", kw["quiet"])
+    table = run_extract_array(
+        source, key=kw["key"], meta=meta, name=kw["name"], split_ratio=kw["split_ratio"], split_seed=kw["split_seed"]
+    )
+    table.write(output)
+    note(f"wrote {output}: {table.rows} rows, column '{table.column}' of shape {table.shape}", kw["quiet"])
 
 
 _command(

@@ -72,20 +72,9 @@ def _generate(func, **kwargs):
         raise SynthConfigError(pattern.sub(lambda m: FLAGS[m.group(1)], str(e))) from None
 
 
-def _write(data, output: str, quiet: bool) -> None:
-    from cmkdtool.io.provenance import provenance
-    from cmkdtool.io.tables import build_table, write_table
-
-    meta = {
-        **provenance(),
-        "seed": data.meta.get("params", {}).get("seed", data.meta.get("seed")),
-        "class_names": data.class_names,
-        "synth": data.meta,
-    }
-    table = build_table(data.ids, {"xa": data.xa, "xb": data.xb}, label=data.label, split=data.split, meta=meta)
-    write_table(table, output)
-    counts = {s: int((data.split == s).sum()) for s in ("train", "val", "test")}
-    m = data.meta
+def _report(synth, output: str, quiet: bool) -> None:
+    """What ``synth`` (a ``pipelines.synth.SynthTable``) wrote to ``output``."""
+    data, m, counts = synth.data, synth.data.meta, synth.counts()
     note(
         f"wrote {output}: {len(data.ids)} rows ({counts['train']} train, {counts['val']} val, {counts['test']} "
         f"test), xa {data.xa.shape[1]} channels, xb {data.xb.shape[1]} channels; modality-general channels "
@@ -169,13 +158,13 @@ MFH_PARAMS = [
 
 
 def _mfh(kw: dict) -> None:
-    from cmkdtool.data.synth import synth_mfh
+    from cmkdtool.pipelines.synth import run_synth_mfh
 
     gamma = kw["gamma"]
     if gamma is None and kw["overlap"] is None and kw["n_a"] is None and kw["n_b"] is None:
         gamma = 0.5
-    data = _generate(
-        synth_mfh,
+    synth = _generate(
+        run_synth_mfh,
         dim_a=kw["dim_a"],
         dim_b=kw["dim_b"],
         decisive=kw["decisive"],
@@ -187,7 +176,8 @@ def _mfh(kw: dict) -> None:
         positions=kw["positions"],
         **_seeds(kw),
     )
-    _write(data, kw["output"], kw["quiet"])
+    synth.write(kw["output"])
+    _report(synth, kw["output"], kw["quiet"])
 
 
 _command(
@@ -245,10 +235,10 @@ ORTHOGONAL_PARAMS = [
 
 
 def _orthogonal(kw: dict) -> None:
-    from cmkdtool.data.synth import synth_orthogonal
+    from cmkdtool.pipelines.synth import run_synth_orthogonal
 
-    data = _generate(
-        synth_orthogonal,
+    synth = _generate(
+        run_synth_orthogonal,
         dim=kw["dim"],
         general=kw["general"],
         num_classes=kw["classes"],
@@ -258,7 +248,8 @@ def _orthogonal(kw: dict) -> None:
         orthogonalize=kw["orthogonalize"],
         **_seeds(kw),
     )
-    _write(data, kw["output"], kw["quiet"])
+    synth.write(kw["output"])
+    _report(synth, kw["output"], kw["quiet"])
 
 
 _command(

@@ -23,12 +23,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cmkdtool.errors import CmkdError
+from cmkdtool.errors import CmkdError, CmkdUsageError
 from cmkdtool.extract.sources import Item, Source
 from cmkdtool.extract.writer import ExtractWriter
 
 ON_ERROR = ("skip", "fail")
 MAX_RECORDED_ERRORS = 1000
+
+
+def check_on_error(on_error: str) -> None:
+    """``on_error`` is one of ``ON_ERROR``: skip (report unreadable samples) or fail (stop at the first)."""
+    if on_error not in ON_ERROR:
+        raise CmkdUsageError(f"unknown --on-error '{on_error}'; choose skip or fail")
 
 
 @dataclass
@@ -120,8 +126,7 @@ def run_extract(
 
     from cmkdtool.engine.device import resolve_device, resolve_precision
 
-    if on_error not in ON_ERROR:
-        raise CmkdError(f"unknown --on-error '{on_error}'; choose skip or fail")
+    check_on_error(on_error)
     start = time.perf_counter()
     todo = [it for it in source.items if it.id not in writer.done_ids]
     result = ExtractResult(written=0, skipped=len(source.items) - len(todo))
