@@ -142,7 +142,7 @@ def split_rule(
     record = record or {}
     if isinstance(ratio, str):
         ratio = parse_split_ratio(ratio)
-    ratio = list(ratio) if ratio is not None else list(record.get("split_ratio", DEFAULT_SPLIT_RATIO))
+    ratio = [float(r) for r in ratio] if ratio is not None else list(record.get("split_ratio", DEFAULT_SPLIT_RATIO))
     return ratio, int(seed if seed is not None else record.get("split_seed", 0))
 
 

@@ -7,6 +7,9 @@ methods write what the command writes (``.save``, ``.write``, ``.plot``), byte f
     cmkdtool spectrum IN... [-o S] [--plot P]         run_spectrum(IN, ...).results / .write(S) / .plot(P)
     cmkdtool fit-bottleneck T B TABLES -o OUT         run_fit_bottleneck(T, B, TABLES, dims, ...).save(OUT)
     cmkdtool rank-salience TABLES -a A -b B -o OUT    run_rank_salience(TABLES, A, B, ...).write(OUT)
+    cmkdtool synth mfh|orthogonal -o OUT              run_synth_mfh(...).write(OUT) / run_synth_orthogonal(...)
+    cmkdtool extract KIND SOURCE -o OUT               run_extract_table(KIND, SOURCE, extractor, OUT, ...) (streams)
+    cmkdtool extract array SOURCE -o OUT              run_extract_array(SOURCE, ...).write(OUT)
 
 ``open_checkpoint`` / ``open_tables`` (``pipelines.open``) are the shared first step. Files record the command
 line given as ``command=`` (default: this process's); give the CLI's to get the same bytes as the CLI.
@@ -24,6 +27,10 @@ _WHERE = {
     "run_spectrum": "spectrum",
     "run_fit_bottleneck": "bottleneck",
     "run_rank_salience": "salience",
+    "run_synth_mfh": "synth",
+    "run_synth_orthogonal": "synth",
+    "run_extract_table": "extract",
+    "run_extract_array": "extract",
     "open_checkpoint": "open",
     "open_tables": "open",
 }
