@@ -251,7 +251,8 @@ def run_distill(
     checkpoint options in ``params``) with ``tables``, and distil it into a student on ``inputs``."""
     from dataclasses import asdict
 
-    from cmkdtool.io.checkpoints import load_model
+    from cmkdtool.data.tensors import check_model_inputs
+    from cmkdtool.io.checkpoints import load_model, read_metadata
     from cmkdtool.io.provenance import file_record, provenance
     from cmkdtool.methods.registry import get
     from cmkdtool.pipelines.open import open_checkpoint, open_tables, resolve
@@ -266,23 +267,25 @@ def run_distill(
     dev = resolve(device)
     student_inputs = list(dict.fromkeys(inputs))
     extra = [c for n in method_columns(info) for c in _as_list(getattr(params, n))]
+    others = {n: getattr(params, n) for n in method_checkpoints(info) if getattr(params, n)}
+    specs = {n: read_metadata(p)[0] for n, p in others.items()}
+    extra += [i["name"] for spec in specs.values() for i in spec["inputs"]]  # what the other frozen models read
     if teacher is not None:
         opened = open_checkpoint(
             teacher, tables, dev, columns=[*student_inputs, *extra], split_ratio=split_ratio, split_seed=split_seed,
             mask=mask, mask_seed=cfg.seed, require_train_classes=True,
         )  # fmt: skip
-        data, teacher_net, record = opened.data, opened.model, opened.record
+        data, teacher_net = opened.data, opened.model
     else:
         if mask is not None and mask.mask:
             raise CmkdUsageError("--mask masks the teacher; this run has no --teacher")
         opened = open_tables(tables, [*student_inputs, *extra], dev, split_ratio=split_ratio, split_seed=split_seed,
                              require_train_classes=True)  # fmt: skip
-        data, teacher_net, record = opened.data, None, {}
+        data, teacher_net = opened.data, None
     _notes(opened.notes, quiet)
-    others = {n: getattr(params, n) for n in method_checkpoints(info) if getattr(params, n)}
-    frozen = {
-        n: open_checkpoint(p, tables, dev, table=opened.table, need_labels=False).model for n, p in others.items()
-    }
+    for n, p in others.items():
+        check_model_inputs(opened.table, specs[n], p)
+    frozen = {n: load_model(p, dev) for n, p in others.items()}
     init_net = load_model(init, dev) if init else None
     student, result = distill(
         info, params, data, teacher_net, student_inputs, model=model, config=cfg, init=init_net, teachers=frozen,
