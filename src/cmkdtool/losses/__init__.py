@@ -12,6 +12,9 @@ from cmkdtool.losses.feature import (
     feature_mse,
 )
 from cmkdtool.losses.kd import hinton_kd, kd_kl, soft_bce_kd
+from cmkdtool.losses.mmd import dask, mmd_multi_kernel
+from cmkdtool.losses.relational import nst, pkt, rkd, rkd_angle, rkd_distance, sp
+from cmkdtool.losses.task import task_loss
 
 __all__ = [
     "DISTANCES",
@@ -27,4 +30,13 @@ __all__ = [
     "hinton_kd",
     "kd_kl",
     "soft_bce_kd",
+    "dask",
+    "mmd_multi_kernel",
+    "nst",
+    "pkt",
+    "rkd",
+    "rkd_angle",
+    "rkd_distance",
+    "sp",
+    "task_loss",
 ]
