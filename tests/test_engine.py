@@ -183,7 +183,7 @@ class GradNormLike(TaskMethod):
         self.norms.append(norms.detach())
         (grad_w,) = torch.autograd.grad((norms - norms.mean().detach()).abs().sum(), self.w, retain_graph=True)
         scale(sum(t for t in weighted)).backward()  # the network learns from the weighted sum
-        self.w.grad = grad_w
+        self.w.grad = scale(grad_w)  # the engine unscales before stepping (fp16)
 
     def own_losses(self, batch, step):
         return {"weights": None}  # step with the gradient set in backward
@@ -410,3 +410,75 @@ def test_fp16_with_own_optimizer_on_cuda(tmp_path):
     assert math.isfinite(res.history[-1]["train/loss"])
     tensors, header = load_state(str(tmp_path / "s.state"))
     assert header["scaler"] and header["scaler"]["scale"] > 0
+
+
+class SetsGrad(TaskMethod):
+    """An own optimizer stepped with a gradient the method sets in backward (scaled, as the engine unscales)."""
+
+    def __init__(self, set_grad: bool = True):
+        super().__init__()
+        self.student = Student()
+        self.w = nn.Parameter(torch.ones(2))
+        self.set_grad = set_grad
+
+    def optimizers(self):
+        return {"weights": OptimizerSpec([self.w], "sgd", lr=0.1)}
+
+    def training_step(self, batch):
+        return {"ce": task_loss(self.student(batch.inputs), batch.target, "multiclass")}
+
+    def backward(self, loss, terms, scale):
+        scale(loss).backward()
+        if self.set_grad:
+            self.w.grad = scale(torch.ones(2))
+
+    def own_losses(self, batch, step):
+        return {"weights": None}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_gradients_set_in_backward_are_unscaled_like_any_other(data, precision):
+    m = SetsGrad()
+    fit(m, data, TrainConfig(epochs=1, batch_size=None, precision=precision, select="last"), quiet=True)
+    assert torch.allclose(m.w.detach(), torch.full((2,), 0.9))  # one SGD step of lr 0.1 on a gradient of 1
+    m = SetsGrad(set_grad=False)  # an own optimizer no gradient reached is not stepped (fp16 would refuse it)
+    fit(m, data, TrainConfig(epochs=2, batch_size=32, precision=precision, select="last"), quiet=True)
+    assert torch.equal(m.w.detach(), torch.ones(2))
+
+
+def test_own_optimizer_names_are_checked(data):
+    class Named(SetsGrad):
+        def optimizers(self):
+            return {"main": OptimizerSpec([self.w], "sgd", lr=0.1)}
+
+    with pytest.raises(CmkdError, match="'main'"):
+        fit(Named(), data, TrainConfig(epochs=1), quiet=True)
+
+
+class WithFrozen(TaskMethod):
+    def __init__(self, frozen_value: float):
+        super().__init__()
+        self.student = Student()
+        self.frozen = nn.Linear(4, 2).requires_grad_(False)
+        nn.init.constant_(self.frozen.weight, frozen_value)
+
+    def frozen_modules(self):
+        return [self.frozen]
+
+    def training_step(self, batch):
+        s = self.student(batch.inputs)
+        return {
+            "ce": task_loss(s, batch.target, "multiclass"),
+            "match": (s - self.frozen(batch.inputs["x"])).pow(2).mean(),
+        }
+
+
+def test_resume_refuses_another_frozen_teacher(data, tmp_path):
+    state = str(tmp_path / "s.state")
+    torch.manual_seed(0)
+    fit(WithFrozen(0.5), data, TrainConfig(epochs=2, batch_size=32), quiet=True, state_file=state)
+    torch.manual_seed(0)
+    with pytest.raises(CmkdError, match="other settings"):
+        fit(WithFrozen(0.7), data, TrainConfig(epochs=2, batch_size=32), quiet=True, state_file=state, resume=True)
+    torch.manual_seed(0)
+    fit(WithFrozen(0.5), data, TrainConfig(epochs=2, batch_size=32), quiet=True, state_file=state, resume=True)

@@ -63,6 +63,8 @@ def check_value(flag: str, value: Any, meta: dict) -> None:
     """Raise ``CmkdUsageError`` (exit 2, one line naming ``flag``) when ``value`` breaks ``meta``'s rules."""
     if value is None:
         return
+    if "check" in meta:  # a parser that raises CmkdUsageError for a malformed value (e.g. --split-ratio)
+        meta["check"](value)
     choices = meta.get("choices")
     if choices is not None and isinstance(value, str) and value not in choices:
         raise CmkdUsageError(f"{flag} must be one of {', '.join(choices)}; got '{value}'")

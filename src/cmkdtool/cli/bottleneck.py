@@ -18,6 +18,7 @@ from cmkdtool.cli.common import (
 )
 from cmkdtool.engine.config import TrainConfig
 from cmkdtool.nn.specs import BottleneckOptions
+from cmkdtool.options import parse_split_ratio
 
 A = Annotated
 PANEL = "Bottleneck"
@@ -102,6 +103,7 @@ PARAMS = [
             typer.Option(help="train,val,test fractions for tables without a 'split' column [default: the teacher's]."),
         ],
         None,
+        check=parse_split_ratio,
     ),
     o.param("split_seed", SplitSeedOpt, None),
     *run_params(),

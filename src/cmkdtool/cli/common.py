@@ -9,7 +9,13 @@ from typing import Annotated
 import typer
 
 from cmkdtool.errors import CmkdError, CmkdUsageError
-from cmkdtool.options import parse_batch_size, parse_floats, parse_ints, split_rule  # noqa: F401  (re-exported)
+from cmkdtool.options import (  # noqa: F401  (re-exported)
+    parse_batch_size,
+    parse_floats,
+    parse_ints,
+    parse_split_ratio,
+    split_rule,
+)
 
 DeviceOpt = Annotated[
     str,
@@ -53,7 +59,10 @@ def split_params() -> list:
     declare their own)."""
     from cmkdtool.cli import options as o
 
-    return [o.param("split_ratio", SplitRatioOpt, "0.8,0.1,0.1"), o.param("split_seed", SplitSeedOpt, 0)]
+    return [
+        o.param("split_ratio", SplitRatioOpt, "0.8,0.1,0.1", check=parse_split_ratio),
+        o.param("split_seed", SplitSeedOpt, 0),
+    ]
 
 
 def train_setup(kw: dict):

@@ -20,6 +20,7 @@ from cmkdtool.cli.common import (
     run_params,
     train_setup,
 )
+from cmkdtool.options import parse_split_ratio
 
 PANEL_METHOD = "Method"
 PANEL_STUDENT = "Student model"
@@ -88,6 +89,7 @@ def _common_params() -> list:
                 ),
             ],
             None,
+            check=parse_split_ratio,
         ),
         o.param("split_seed", SplitSeedOpt, None),
         *run_params(),

@@ -22,6 +22,7 @@ from cmkdtool.cli.common import (
 )
 from cmkdtool.data.masks import MaskOptions
 from cmkdtool.errors import CmkdUsageError
+from cmkdtool.options import parse_split_ratio
 
 FORMATS = ("table", "json", "jsonl", "csv")
 ORDER = [
@@ -106,6 +107,7 @@ PARAMS = [
             ),
         ],
         None,
+        check=parse_split_ratio,
     ),
     o.param("split_seed", SplitSeedOpt, None),
     o.param("device", DeviceOpt, "auto"),

@@ -21,6 +21,7 @@ from cmkdtool.cli.common import (
     split_rule,
 )
 from cmkdtool.errors import CmkdError, CmkdUsageError
+from cmkdtool.options import parse_split_ratio
 
 app = typer.Typer(
     cls=SummaryGroup,
@@ -96,7 +97,7 @@ def common_params(batch_size: int = 32, workers: int | None = None) -> list:
         o.param("output", OutOpt),
         o.param("name", NameOpt, None),
         o.param("path_column", PathColumnOpt, "path"),
-        o.param("split_ratio", SplitRatioOpt, "0.8,0.1,0.1"),
+        o.param("split_ratio", SplitRatioOpt, "0.8,0.1,0.1", check=parse_split_ratio),
         o.param("split_seed", SplitSeedOpt, 0),
         o.param("batch_size", BatchOpt, batch_size),
         o.param("workers", WorkersOpt, workers, ge=0),
@@ -469,7 +470,7 @@ ARRAY_PARAMS = [
         None,
     ),
     o.param("name", NameOpt, None),
-    o.param("split_ratio", SplitRatioOpt, "0.8,0.1,0.1"),
+    o.param("split_ratio", SplitRatioOpt, "0.8,0.1,0.1", check=parse_split_ratio),
     o.param("split_seed", SplitSeedOpt, 0),
     o.param("quiet", QuietOpt, False),
 ]

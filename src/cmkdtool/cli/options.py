@@ -23,7 +23,7 @@ import typer
 from cmkdtool.options import check, check_value, default_rules, flag_name
 
 _EMPTY = inspect.Parameter.empty
-_RULE_KEYS = ("ge", "gt", "le", "lt", "item_ge")
+_RULE_KEYS = ("ge", "gt", "le", "lt", "item_ge", "check")
 
 
 class Param(inspect.Parameter):

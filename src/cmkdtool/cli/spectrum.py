@@ -12,6 +12,7 @@ import typer
 from cmkdtool.cli import options as o
 from cmkdtool.cli.common import DeviceOpt, QuietOpt, check_output, csv_text, note
 from cmkdtool.errors import CmkdUsageError
+from cmkdtool.options import parse_split_ratio
 
 FORMATS = ("table", "json", "csv")
 NUMBERS = ("effective_rank", "rankme", "rank90", "rank99", "rank_tol", "sigma_max")
@@ -126,6 +127,7 @@ PARAMS = [
             ),
         ],
         None,
+        check=parse_split_ratio,
     ),
     o.param(
         "split_seed",

@@ -87,7 +87,8 @@ class Method(nn.Module):
     # ---- parameters and optimizers ---------------------------------------------------------------------
 
     def optimizers(self) -> dict[str, OptimizerSpec]:
-        """The method's own optimizers by name (stepped after the main one, in this order). Default: none."""
+        """The method's own optimizers by name (identifiers other than ``main``; stepped after the main one, in
+        this order; an optimizer that no gradient reached in a step is not stepped). Default: none."""
         return {}
 
     def own_optimizer_parameters(self) -> list[nn.Parameter]:
@@ -111,7 +112,10 @@ class Method(nn.Module):
         raise NotImplementedError
 
     def backward(self, loss: Tensor, terms: dict[str, Tensor], scale: Callable[[Tensor], Tensor]) -> None:
-        """Back-propagate the weighted total ``loss`` (default). ``terms`` are the live, unweighted terms."""
+        """Back-propagate the weighted total ``loss`` (default). ``terms`` are the live, unweighted terms.
+
+        A method that sets gradients itself (of parameters an own optimizer steps) sets ``scale(grad)``: the engine
+        unscales every optimizer before stepping it (under fp16; in fp32 ``scale`` is the identity)."""
         scale(loss).backward()
 
     def own_losses(self, batch: Batch, step: Step) -> dict[str, Tensor | None]:

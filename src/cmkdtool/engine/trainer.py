@@ -96,6 +96,9 @@ class Trainer:
             raise CmkdError("nothing to train: the method has no trainable parameters")
         steps = self.batches.steps_per_epoch
         self.opt = make_optimizer(groups, cfg)
+        for name in method.optimizers():
+            if name == MAIN or not name.isidentifier():
+                raise CmkdError(f"own optimizer name {name!r}: use an identifier other than {MAIN!r}")
         self.own = {name: make_own_optimizer(name, spec, cfg) for name, spec in method.optimizers().items()}
         self.optimizers = {MAIN: self.opt, **self.own}
         self.schedulers = {MAIN: make_schedule(self.opt, cfg, steps)}
@@ -109,8 +112,10 @@ class Trainer:
         frozen_ids = {id(m) for m in method.frozen_modules()}
         self.frozen_prefixes = tuple(f"{n}." for n, m in method.named_modules() if id(m) in frozen_ids)
         start_state = self.trainable_state()
+        frozen_state = {k: v for k, v in method.state_dict().items() if k.startswith(self.frozen_prefixes)}
         self.fingerprint = st.fingerprint(
             {
+                "frozen": st.tensor_digest(frozen_state),  # another teacher is another run
                 "cfg": cfg.record(),
                 "method": method.record(),
                 "rows": self.batches.rows,
@@ -187,6 +192,8 @@ class Trainer:
         return self.scaler.scale(loss) if self.scaler is not None else loss
 
     def _step_optimizer(self, opt: torch.optim.Optimizer, params: list[nn.Parameter] | None) -> None:
+        if all(p.grad is None for g in opt.param_groups for p in g["params"]):
+            return  # nothing reached it this step (fp16's scaler cannot step an optimizer without gradients)
         if self.scaler is not None:
             self.scaler.unscale_(opt)
         if self.cfg.clip_grad and params:
