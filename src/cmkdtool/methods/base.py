@@ -17,6 +17,22 @@ from cmkdtool.nn.inference import LazyRows, map_rows
 from cmkdtool.options import check
 
 
+def projector(mode: str, student_layer: str, s_dim: int, teacher_layer: str, t_dim: int, why: str = "") -> nn.Module:
+    """The training-only map from a student layer to a teacher layer's width (``--projector``): a learned linear
+    map for ``linear``, or for ``auto`` when the widths differ; the identity otherwise (``none`` with other widths is
+    a usage error)."""
+    from cmkdtool.errors import CmkdUsageError
+
+    if mode == "linear" or (mode == "auto" and s_dim != t_dim):
+        return nn.Linear(s_dim, t_dim)
+    if s_dim != t_dim:
+        raise CmkdUsageError(
+            f"student layer {student_layer} has width {s_dim} but teacher layer {teacher_layer} has {t_dim}; "
+            f"{why}use --projector auto"
+        )
+    return nn.Identity()
+
+
 def selection_key(task: str | None) -> str:
     return "map" if task == "multilabel" else "accuracy"
 

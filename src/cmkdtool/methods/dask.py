@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import Tensor, nn
+from torch import Tensor
 
-from cmkdtool.errors import CmkdUsageError
 from cmkdtool.losses.mmd import dask
 from cmkdtool.methods._relational import RelationalDistiller, RelationalOptions
+from cmkdtool.methods.base import projector
 from cmkdtool.methods.registry import register
 from cmkdtool.options import opt
 
@@ -47,15 +47,8 @@ class DASK(RelationalDistiller):
     def __init__(self, student, teacher, params: DASKParams, task: str, cache_teacher: bool = True):
         super().__init__(student, teacher, params, task, cache_teacher)
         s_dim, t_dim = student.layer_width(params.student_layer), teacher.layer_width(params.teacher_layer)
-        if params.projector == "linear" or (params.projector == "auto" and s_dim != t_dim):
-            self.projector: nn.Module = nn.Linear(s_dim, t_dim)
-        elif s_dim != t_dim:
-            raise CmkdUsageError(
-                f"student layer {params.student_layer} has width {s_dim} but teacher layer {params.teacher_layer} "
-                f"has {t_dim}; DASK's MSE needs equal widths: use --projector auto"
-            )
-        else:
-            self.projector = nn.Identity()
+        why = "DASK's MSE needs equal widths: "
+        self.projector = projector(params.projector, params.student_layer, s_dim, params.teacher_layer, t_dim, why)
 
     def relation(self, student: Tensor, teacher: Tensor) -> Tensor:
         p = self.params

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from cmkdtool.engine.method import Batch
-from cmkdtool.errors import CmkdUsageError
 from cmkdtool.losses import FEATURE_LOSSES
 from cmkdtool.losses.task import task_loss
-from cmkdtool.methods.base import Distiller
+from cmkdtool.methods.base import Distiller, projector
 from cmkdtool.methods.registry import register
 from cmkdtool.nn.criteria import FeatureCriterion
 from cmkdtool.options import opt
@@ -71,15 +70,7 @@ class Feature(Distiller):
         super().__init__(student, teacher, params, task, cache_teacher)
         self.criterion = params.criterion(params.loss)
         s_dim, t_dim = student.layer_width(params.student_layer), teacher.layer_width(params.teacher_layer)
-        if params.projector == "linear" or (params.projector == "auto" and s_dim != t_dim):
-            self.projector: nn.Module = nn.Linear(s_dim, t_dim)
-        elif s_dim != t_dim:
-            raise CmkdUsageError(
-                f"student layer {params.student_layer} has width {s_dim} but teacher layer {params.teacher_layer} "
-                f"has {t_dim}; use --projector auto"
-            )
-        else:
-            self.projector = nn.Identity()
+        self.projector = projector(params.projector, params.student_layer, s_dim, params.teacher_layer, t_dim)
         self.loss_weights = {"feat": params.feature_weight, "ce": params.task_weight}
 
     def teacher_layers(self) -> list[str]:
