@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from cmkdtool.losses import relational
 from cmkdtool.losses.mmd import dask, mmd_multi_kernel
 
 E = math.exp
@@ -302,19 +303,13 @@ def test_bad_hyperparameters_are_rejected(kwargs, match):
 # ---------------------------------------------------------------- DASK (RKD from cmkdtool.losses.relational)
 
 
-def _relational():
-    return pytest.importorskip("cmkdtool.losses.relational", reason="RKD (cmkdtool.losses.relational) not there yet")
-
-
 def test_dask_spec_vector_computed_with_the_reference():
-    _relational()
     # amid-osmd.md section 3.9: TMM-MMH DASK() (RKD 25/50 + MSE) on det((6,5),0), det((6,5),1)
     got = dask(_det((6, 5), 0), _det((6, 5), 1))
     assert got.item() == pytest.approx(4.6469025800122, rel=1e-12)
 
 
 def test_dask_is_weighted_rkd_plus_element_mean_mse():
-    relational = _relational()
     s, t = _rand(6, 2, 3, seed=23), _rand(6, 2, 3, seed=24)
     flat_s, flat_t = s.flatten(1), t.flatten(1)
     mse = sum((a - b) ** 2 for a, b in zip(flat_s.flatten().tolist(), flat_t.flatten().tolist(), strict=True)) / 36
@@ -325,7 +320,6 @@ def test_dask_is_weighted_rkd_plus_element_mean_mse():
 
 
 def test_dask_gradcheck_and_precision():
-    _relational()
     s = _rand(5, 4, seed=25).requires_grad_(True)
     t = _rand(5, 4, seed=26)
     assert torch.autograd.gradcheck(lambda a: dask(a, t), (s,), eps=1e-6, atol=1e-6)
@@ -409,7 +403,6 @@ def test_parity_with_reference(name, entry):
             kernel_num = int(kernel_num)
         out = mmd_multi_kernel(*inputs, kernel_mul=float(options["kernel_mul"]), kernel_num=kernel_num)
     else:  # DASK
-        _relational()
         out = dask(*inputs)
     assert out.dtype == torch.float64
 

@@ -129,25 +129,14 @@ def debug_enabled() -> bool:
     return os.environ.get("CMKDTOOL_DEBUG", "").strip() not in ("", "0", "false", "no")
 
 
-def guard(func=None, *, rules: dict[str, dict] | None = None):
+def guard(func):
     """Wrap a command: CmkdError -> one line on stderr and its exit status (no traceback unless debugging).
-
-    Before the command runs, every value is checked (``cmkdtool.options.check_value``): NaN and infinities are
-    refused for every option, seeds must be >= 0, and ``rules`` (option name -> ``ge``/``gt``/``le``/``lt``)
-    adds ranges for a command's own options."""
+    (Option values are checked by the command itself: ``cli.options.make_command``.)"""
     import functools
-
-    from cmkdtool.options import check_value, default_rules, flag_name
-
-    if func is None:
-        return lambda f: guard(f, rules=rules)
-    rules = rules or {}
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
-            for name, value in kwargs.items():
-                check_value(flag_name(name), value, rules.get(name, default_rules(name)))
             return func(*args, **kwargs)
         except CmkdError as e:
             if debug_enabled():

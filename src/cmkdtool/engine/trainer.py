@@ -96,15 +96,14 @@ class Trainer:
             raise CmkdError("nothing to train: the method has no trainable parameters")
         steps = self.batches.steps_per_epoch
         self.opt = make_optimizer(groups, cfg)
-        for name in method.optimizers():
+        specs = method.optimizers()
+        for name in specs:
             if name == MAIN or not name.isidentifier():
                 raise CmkdError(f"own optimizer name {name!r}: use an identifier other than {MAIN!r}")
-        self.own = {name: make_own_optimizer(name, spec, cfg) for name, spec in method.optimizers().items()}
+        self.own = {name: make_own_optimizer(name, spec, cfg) for name, spec in specs.items()}
         self.optimizers = {MAIN: self.opt, **self.own}
         self.schedulers = {MAIN: make_schedule(self.opt, cfg, steps)}
-        self.schedulers.update(
-            {n: make_schedule(o, cfg, steps) for n, o in self.own.items() if method.optimizers()[n].schedule}
-        )
+        self.schedulers.update({n: make_schedule(o, cfg, steps) for n, o in self.own.items() if specs[n].schedule})
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "fp16" else None
         if self.scaler is not None:  # a step the scaler skips (inf/NaN gradients) still advances the schedule
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")

@@ -48,12 +48,13 @@ def _compute_dtype(x: Tensor) -> Tensor:
     return x if x.dtype == torch.float64 else x.float()
 
 
-def _flat_pair(student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
-    """Check the shapes and return both as (B, D) tensors in the compute dtype."""
+def check_pair(student: Tensor, teacher: Tensor, why: str = "") -> None:
+    """Raise ValueError unless ``student`` and ``teacher`` are (B, ...) features of one shape with B >= 1
+    (``why`` says what needs equal shapes, in the message)."""
     if student.shape != teacher.shape:
         raise ValueError(
             f"student features {tuple(student.shape)} and teacher features {tuple(teacher.shape)} "
-            "differ in shape; add a projector"
+            f"differ in shape; {why}add a projector"
         )
     if student.ndim < 2:
         raise ValueError(
@@ -62,6 +63,11 @@ def _flat_pair(student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
         )
     if student.shape[0] == 0:
         raise ValueError("features have an empty batch (0 rows); a loss over no samples is undefined")
+
+
+def _flat_pair(student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
+    """Check the shapes and return both as (B, D) tensors in the compute dtype."""
+    check_pair(student, teacher)
     return _compute_dtype(student).flatten(1), _compute_dtype(teacher).flatten(1)
 
 

@@ -162,8 +162,8 @@ def dask(student: Tensor, teacher: Tensor, w_mse: float = 1.0, w_rkd: float = 1.
     version the OS-MD tables used. With w_rkd = w_mse = 1 it is the authors' loss (spec section 3.9:
     4.6469025800122 on det((6,5),0), det((6,5),1)).
 
-    RKD is not reimplemented here: `rkd` is imported from `cmkdtool.losses.relational` when called, and must
-    default to RepDistiller's weights (distance 25, angle 50). `rkd_options` are passed to it unchanged.
+    RKD is not reimplemented here: `rkd` comes from `cmkdtool.losses.relational` (RepDistiller's weights, distance
+    25 and angle 50, by default). `rkd_options` are passed to it unchanged.
 
     Args:
         student: (B, ...) student features.
@@ -177,26 +177,11 @@ def dask(student: Tensor, teacher: Tensor, w_mse: float = 1.0, w_rkd: float = 1.
 
     Raises:
         ValueError: on a shape mismatch, inputs with fewer than 2 dimensions or an empty batch.
-        ImportError: if `cmkdtool.losses.relational` (RKD) is not available.
     """
-    if student.shape != teacher.shape:
-        raise ValueError(
-            f"student features {tuple(student.shape)} and teacher features {tuple(teacher.shape)} "
-            "differ in shape; DASK's MSE term needs equal shapes: add a projector"
-        )
-    if student.ndim < 2:
-        raise ValueError(
-            f"features must be (batch, ...) with at least 2 dimensions, got shape {tuple(student.shape)}; "
-            "add a feature dimension (e.g. x.unsqueeze(1))"
-        )
-    if student.shape[0] == 0:
-        raise ValueError("features have an empty batch (0 rows); a loss over no samples is undefined")
-    try:
-        from cmkdtool.losses.relational import rkd
-    except ImportError as err:
-        raise ImportError(
-            "dask needs cmkdtool.losses.relational.rkd (RepDistiller's RKD), which is not available: " + str(err)
-        ) from err
+    from cmkdtool.losses.feature import check_pair
+    from cmkdtool.losses.relational import rkd
+
+    check_pair(student, teacher, "DASK's MSE term needs equal shapes: ")
 
     dtype = _compute_dtype(student, teacher)
     s = student.to(dtype).flatten(1)

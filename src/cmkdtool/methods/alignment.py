@@ -9,7 +9,7 @@ from cmkdtool.engine.inference import predict
 from cmkdtool.engine.method import Batch
 from cmkdtool.losses.alignment import logit_distance
 from cmkdtool.losses.task import task_loss
-from cmkdtool.methods.base import TaskMethod, val_metrics
+from cmkdtool.methods.base import TaskMethod, logit_metrics
 
 
 class Pair(nn.Module):
@@ -40,9 +40,9 @@ class JointAlignment(TaskMethod):
     def validate(self, data: TensorData, index: Tensor, precision: str, batch_size: int) -> dict[str, float]:
         """Network a's task loss and accuracy (they pick the epoch), network b's accuracy (``accuracy_b``) and the
         Eq. 28 distance between the two networks' outputs (``dist``): how well the alignment went."""
-        out = val_metrics(self.student.a, data, index, precision, batch_size)
         la, _ = predict(self.student.a, data, index, precision=precision, batch_size=batch_size)
         lb, _ = predict(self.student.b, data, index, precision=precision, batch_size=batch_size)
+        out = logit_metrics(la, data.target[index], data.task)
         if data.task != "multilabel":
             out["accuracy_b"] = float((lb.argmax(1) == data.target[index]).float().mean())
         out["dist"] = float(logit_distance(la, lb, self.distance))

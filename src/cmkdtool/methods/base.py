@@ -40,9 +40,13 @@ def selection_key(task: str | None) -> str:
 def val_metrics(model: nn.Module, data: TensorData, index: Tensor, precision: str, batch_size: int) -> dict:
     """Task loss and the selection metric (accuracy, or mAP for multi-label) of ``model`` on rows ``index``."""
     logits, _ = predict(model, data, index, precision=precision, batch_size=batch_size)
-    target = data.target[index]
-    out = {"loss": task_loss(logits, target, data.task)}
-    if data.task == "multilabel":
+    return logit_metrics(logits, data.target[index], data.task)
+
+
+def logit_metrics(logits: Tensor, target: Tensor, task: str | None) -> dict:
+    """Task loss and the selection metric (accuracy, or mAP for multi-label) of ``logits`` against ``target``."""
+    out = {"loss": task_loss(logits, target, task)}
+    if task == "multilabel":
         from cmkdtool.analysis.metrics import multilabel_metrics
 
         out["map"] = multilabel_metrics(target.cpu().numpy(), logits.cpu().numpy())["map"]

@@ -224,8 +224,7 @@ def run_fit_bottleneck(
     from cmkdtool.engine.state import tensor_digest
     from cmkdtool.io.provenance import file_record, provenance
     from cmkdtool.methods.bottleneck import feature_data
-    from cmkdtool.pipelines.open import open_checkpoint
-    from cmkdtool.pipelines.train import _notes
+    from cmkdtool.pipelines.open import open_checkpoint, show_notes
 
     options = options or BottleneckOptions()
     cfg = config or TrainConfig()
@@ -241,7 +240,7 @@ def run_fit_bottleneck(
     t = open_checkpoint(
         teacher, tables, device, columns=b_inputs, split_ratio=split_ratio, split_seed=split_seed, need_labels=False
     )
-    _notes(t.notes, quiet)
+    show_notes(t.notes, quiet)
     b = open_checkpoint(baseline, tables, t.data.device, split_ratio=t.split_ratio, split_seed=t.split_seed,
                         need_labels=False, table=t.table)  # fmt: skip
     rows_all = torch.arange(len(t.data), device=t.data.device)

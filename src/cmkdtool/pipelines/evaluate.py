@@ -55,13 +55,12 @@ def run_eval(
     evaluation) and compute its metrics on ``split`` (see ``analysis.evaluate``)."""
     from cmkdtool.analysis.evaluate import evaluate
     from cmkdtool.engine.device import resolve_precision
-    from cmkdtool.pipelines.open import open_checkpoint
-    from cmkdtool.pipelines.train import _notes
+    from cmkdtool.pipelines.open import open_checkpoint, show_notes
 
     opened = open_checkpoint(
         checkpoint, tables, device, split_ratio=split_ratio, split_seed=split_seed, mask=mask, mask_seed=0
     )
-    _notes(opened.notes, quiet)
+    show_notes(opened.notes, quiet)
     model, data = opened.model, opened.data
     metrics, scores, rows = evaluate(
         model,

@@ -8,6 +8,7 @@ what a missing column or another shape means, and on how a mask is applied.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -15,6 +16,13 @@ from cmkdtool.data.tensors import TensorData, check_model_inputs, load_tensor_da
 from cmkdtool.errors import CmkdError
 from cmkdtool.io.tables import FeatureTable, read_tables
 from cmkdtool.options import split_rule
+
+
+def show_notes(notes: list[str], quiet: bool) -> None:
+    """Notes about what was read (rows dropped by a join, a mask applied) for the person at the terminal."""
+    if not quiet:
+        for n in notes:
+            print(n, file=sys.stderr)
 
 
 def resolve(device):
@@ -137,4 +145,4 @@ def open_checkpoint(
     return Opened(table, data, opened.split_ratio, opened.split_seed, notes, path, model, spec, record, applied)
 
 
-__all__ = ["Opened", "Tables", "open_checkpoint", "open_tables", "resolve", "split_rule"]
+__all__ = ["Opened", "Tables", "open_checkpoint", "open_tables", "resolve", "show_notes", "split_rule"]

@@ -124,8 +124,8 @@ def run_rank_salience(
     from cmkdtool.io.checkpoints import load_model, read_metadata
     from cmkdtool.io.provenance import file_record, provenance
     from cmkdtool.losses.alignment import DISTANCES
-    from cmkdtool.pipelines.open import open_tables, resolve, split_rule
-    from cmkdtool.pipelines.train import _notes, joint_train
+    from cmkdtool.pipelines.open import open_tables, resolve, show_notes, split_rule
+    from cmkdtool.pipelines.train import joint_train
 
     a, b = teacher_input, student_input
     given = [m for m in (teacher_model, student_model) if m]
@@ -147,7 +147,7 @@ def run_rank_salience(
     dev = resolve(device)
     ratio, sseed = split_rule(split_ratio, split_seed)
     opened = open_tables(tables, [a, b], dev, split_ratio=ratio, split_seed=sseed, require_train_classes=not given)
-    _notes(opened.notes, quiet)
+    show_notes(opened.notes, quiet)
     table, data = opened.table, opened.data
     if not given:  # check the layers to rank before training, on networks of the same shape
         from cmkdtool.analysis.salience import layer_of

@@ -57,10 +57,6 @@ class Spectra:
         plot_spectra(path, [r["input"] for r in self.results], self.sigmas)
 
 
-def kind_of(path: str) -> str:
-    return _kind_of(path)
-
-
 def run_spectrum(
     inputs: Sequence[str],
     *,
@@ -84,7 +80,7 @@ def run_spectrum(
         raise CmkdUsageError(f"unknown --split '{split}'; choose one of {', '.join(SPLITS)}")
     dev = resolve(device)
     data, columns = list(data), list(columns)
-    kinds = [_kind_of(p) for p in inputs]
+    kinds = [kind_of(p) for p in inputs]
     if data and "checkpoint" not in kinds:
         raise CmkdUsageError("--data runs checkpoints on a table, but no input is a checkpoint")
     if columns and "table" not in kinds:
@@ -128,7 +124,7 @@ def run_spectrum(
     return out
 
 
-def _kind_of(path: str) -> str:
+def kind_of(path: str) -> str:
     """'checkpoint' or 'table', from the file's first bytes, else its extension."""
     if path == "-":
         return "table"

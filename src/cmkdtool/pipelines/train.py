@@ -204,7 +204,7 @@ def run_pretrain(
 ) -> Trained:
     """``cmkdtool pretrain``: read ``inputs`` of ``tables`` and train a model on their labels."""
     from cmkdtool.io.provenance import provenance
-    from cmkdtool.pipelines.open import open_tables, resolve, split_rule
+    from cmkdtool.pipelines.open import open_tables, resolve, show_notes, split_rule
 
     cfg = config or TrainConfig()
     cfg.validate()
@@ -212,7 +212,7 @@ def run_pretrain(
     ratio, seed = split_rule(split_ratio, split_seed)
     dev = resolve(device)
     opened = open_tables(tables, list(inputs), dev, split_ratio=ratio, split_seed=seed, require_train_classes=True)
-    _notes(opened.notes, quiet)
+    show_notes(opened.notes, quiet)
     net, result = pretrain(
         opened.data, model=model, role=role, config=cfg, mask=mask, quiet=quiet, state_file=state_file, resume=resume
     )
@@ -255,7 +255,7 @@ def run_distill(
     from cmkdtool.io.checkpoints import load_model, read_metadata
     from cmkdtool.io.provenance import file_record, provenance
     from cmkdtool.methods.registry import get
-    from cmkdtool.pipelines.open import open_checkpoint, open_tables, resolve
+    from cmkdtool.pipelines.open import open_checkpoint, open_tables, resolve, show_notes
 
     info = get(method) if isinstance(method, str) else method
     if teacher is None and getattr(info.cls, "needs_teacher", True):
@@ -282,7 +282,7 @@ def run_distill(
         opened = open_tables(tables, [*student_inputs, *extra], dev, split_ratio=split_ratio, split_seed=split_seed,
                              require_train_classes=True)  # fmt: skip
         data, teacher_net = opened.data, None
-    _notes(opened.notes, quiet)
+    show_notes(opened.notes, quiet)
     for n, p in others.items():
         check_model_inputs(opened.table, specs[n], p)
     frozen = {n: load_model(p, dev) for n, p in others.items()}
@@ -314,14 +314,6 @@ def _as_list(value) -> list[str]:
     if value is None:
         return []
     return [value] if isinstance(value, str) else list(value)
-
-
-def _notes(notes: list[str], quiet: bool) -> None:
-    import sys
-
-    if not quiet:
-        for n in notes:
-            print(n, file=sys.stderr)
 
 
 __all__ = [
