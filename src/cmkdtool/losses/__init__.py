@@ -1,6 +1,17 @@
 """Distillation losses: small typed pure functions of tensors (the wiring lives in the methods)."""
 
 from cmkdtool.losses.alignment import DISTANCES, logit_distance
+from cmkdtool.losses.contrastive import (
+    class_nce,
+    crcd_scores,
+    crd_nce,
+    crd_scores,
+    crd_scores_shared,
+    gmc_nt_xent,
+    info_nce,
+    js_divergence,
+    sym_kl,
+)
 from cmkdtool.losses.feature import (
     FEATURE_LOSSES,
     FeatureLoss,
@@ -17,6 +28,15 @@ from cmkdtool.losses.relational import nst, pkt, rkd, rkd_angle, rkd_distance, s
 from cmkdtool.losses.task import task_loss
 
 __all__ = [
+    "class_nce",
+    "crcd_scores",
+    "crd_nce",
+    "crd_scores",
+    "crd_scores_shared",
+    "gmc_nt_xent",
+    "info_nce",
+    "js_divergence",
+    "sym_kl",
     "DISTANCES",
     "logit_distance",
     "FEATURE_LOSSES",
