@@ -1,5 +1,5 @@
-"""Shared pieces of ``distill rkd | pkt | sp | nst | dask``: the layer options, RepDistiller's CE + KD + beta * loss
-combination, and the feature-map shape of a layer (for NST).
+"""Shared pieces of ``distill rkd | pkt | sp | nst | dask`` (and of crd, crcd, ccl, gmc, nce): the layer options,
+RepDistiller's CE + KD + beta * loss combination, and the feature-map shape of a layer (for NST).
 
 RepDistiller (HobbitLong/RepDistiller, ``train_student.py``) trains every student with
 ``gamma * CE + alpha * KD + beta * loss`` (``-r`` gamma default 1, ``-a`` alpha, ``-b`` beta, ``--kd_T`` 4); its
@@ -49,6 +49,7 @@ class RelationalDistiller(Distiller):
 
     Subclasses set ``term`` (the loss term's name), ``weight`` (the name of their weight field) and implement
     ``relation(student_features, teacher_features)``; features are (B, width) as ``forward_layers`` gives them.
+    A method that needs the batch's row indices (memory banks) overrides ``batch_term`` instead.
     """
 
     term = "rel"
@@ -69,11 +70,20 @@ class RelationalDistiller(Distiller):
     def relation(self, student: Tensor, teacher: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def batch_term(self, student: Tensor, teacher: Tensor, batch: Batch) -> Tensor:
+        return self.relation(student, teacher)
+
     def training_step(self, batch: Batch) -> dict[str, Tensor]:
         p = self.params
         logits, feats = self.student.forward_layers(batch.inputs, [p.student_layer])
         teacher = self.teacher_outputs(batch)
-        terms = {self.term: self.relation(feats[p.student_layer], teacher[p.teacher_layer])}
+        terms = {self.term: self.batch_term(feats[p.student_layer], teacher[p.teacher_layer], batch)}
+        terms.update(self.label_terms(logits, teacher, batch))
+        return terms
+
+    def label_terms(self, logits: Tensor, teacher: dict[str, Tensor], batch: Batch) -> dict[str, Tensor]:
+        """``ce`` (when task_weight > 0) and ``kd`` (when kd_weight > 0) of the student's logits."""
+        p, terms = self.params, {}
         if p.task_weight:
             terms["ce"] = task_loss(logits, batch.target, self.task)
         if p.kd_weight:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ContrastMemory", "Embed", "NegativeSampler"]
+__all__ = ["Composition", "ContrastMemory", "Embed", "NegativeSampler"]
 
 
 class Embed(nn.Module):
@@ -152,3 +152,22 @@ class NegativeSampler(nn.Module):
             return index
         c = self.label_of[index]
         return self.rows[self.start[c] + self._uniform((len(index),), self.count[c])]
+
+
+class Composition(nn.Module):
+    """CCL's composition classifier (yanbeic/CCL ``models/composition_classifier.py``, ``normalization=True``).
+
+    ``m = a + Linear([n(a), n(v)])`` (a residual on the teacher feature ``a`` from both normalised features,
+    ``n`` = L2 normalisation) and its own classifier ``logits = Linear(m)``; CCL's teacher side, trained with
+    the student and not deployed.
+    """
+
+    def __init__(self, teacher_dim: int, student_dim: int, num_classes: int):
+        super().__init__()
+        self.residual = nn.Linear(teacher_dim + student_dim, teacher_dim)
+        self.fc = nn.Linear(teacher_dim, num_classes)
+
+    def forward(self, teacher: Tensor, student: Tensor) -> tuple[Tensor, Tensor]:
+        both = torch.cat([F.normalize(teacher, dim=1), F.normalize(student, dim=1)], dim=1)
+        m = teacher + self.residual(both)
+        return m, self.fc(m)
