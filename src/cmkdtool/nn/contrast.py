@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cmkdtool.errors import CmkdError
+
 __all__ = ["Composition", "ContrastMemory", "Embed", "NegativeSampler"]
 
 
@@ -121,6 +123,12 @@ class NegativeSampler(nn.Module):
         position[sorted_rows] = torch.arange(len(train), device=device)
         self.class_aware = labels is not None
         self.n_train = len(train)
+        if self.n_train < 2 or (self.class_aware and int((count > 0).sum()) < 2):
+            what = "two classes" if self.class_aware else "two rows"
+            raise CmkdError(
+                f"negatives need at least {what} in the train split, got {self.n_train} rows of "
+                f"{int((count > 0).sum())} class(es); add train rows of another class"
+            )
         for name, t in (("rows", sorted_rows), ("start", start), ("count", count), ("label_of", label_of)):
             self.register_buffer(name, t, persistent=False)
         self.register_buffer("position", position, persistent=False)
