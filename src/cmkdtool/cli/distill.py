@@ -141,9 +141,13 @@ def method_command(info) -> typer.core.TyperCommand:
         + o.dataclass_params(TrainConfig, PANEL_OPT)
         + o.dataclass_params(MaskOptions, "Teacher channel mask")
     )
+    taught = (
+        "taught by the frozen --teacher checkpoint (with any mask it carries; --mask adds one for this run)"
+        if getattr(info.cls, "needs_teacher", True)
+        else "with a teacher trained alongside it (no --teacher)"
+    )
     doc = (
-        f"{info.summary}\n\nTrains a student on --input columns of TABLES, taught by the frozen --teacher "
-        f"checkpoint (with any mask it carries; --mask adds one for this run). "
+        f"{info.summary}\n\nTrains a student on --input columns of TABLES, {taught}. "
         f"Writes OUTPUT, OUTPUT.history.jsonl and OUTPUT.state.safetensors (for --resume). "
         f"Equations, defaults and deviations: docs/methods.md#{info.name}."
     )
