@@ -30,7 +30,7 @@ from cmkdtool.nn.inference import LazyRows, map_rows
 from cmkdtool.nn.models import Standardize
 from cmkdtool.options import opt, parse_floats
 
-ABLATIONS = ("d2", "dynamic", "adv", "mi-a", "mi-s", "jsd", "warmup")
+ABLATIONS = ("d2", "dynamic", "adv", "mi-a", "mi-s", "jsd", "warmup", "fixed")
 
 
 def _names(text: str) -> list[str]:
@@ -109,7 +109,8 @@ class AMIDParams:
     ablate: list[str] = opt(
         [],
         f"Ablations, comma list of {', '.join(ABLATIONS)} (Table 5, supp. Tables 2-3): dynamic = uniform weights "
-        "0.5, 0.5; d2 = D1 alone; warmup = no warm-up.",
+        "0.5, 0.5; d2 = D1 alone; warmup = no warm-up; fixed = the teacher (F and the aux projector) trained "
+        "during the warm-up only, then fixed (Table 5's fixed teacher).",
         cli=str,
         parse=_names,
         show=lambda v: ",".join(v),
@@ -153,6 +154,7 @@ class AMID(Distiller):
         self.class_counts: list[int] = []
         self.num_classes = student.layer_width("logits")
         self.phase = False
+        self.frozen_teacher = False
         self._d_norm: dict[int, float] = {}
         w = {"ce_s": 1.0, "ce_m": 1.0, "jsd": 0.0 if "jsd" in self.off else 1.0}
         w.update(mi_s=params.mi_weight, mi_a=params.mi_aux_weight, adv=params.adv_weight)
@@ -204,8 +206,13 @@ class AMID(Distiller):
         return self.aux_projector(parts[0] if len(parts) == 1 else torch.cat(parts, 1))
 
     def represent(self, inputs) -> tuple[Tensor, Tensor, Tensor]:
-        """(S, A, M) of a batch of inputs."""
+        """(S, A, M) of a batch of inputs. With ``--ablate fixed``, after the warm-up M is a constant of the step
+        (F and the projector are no longer trained, and M passes no gradient to the student)."""
         s = self.student.embed(inputs)
+        if self.frozen_teacher:
+            with torch.no_grad():
+                a = self.aux_features(inputs)
+                return s, a, self.fusion(torch.cat([s, a], 1))
         a = self.aux_features(inputs)
         return s, a, self.fusion(torch.cat([s, a], 1))
 
@@ -217,6 +224,7 @@ class AMID(Distiller):
 
     def on_epoch_start(self, epoch: int) -> None:
         self.phase = epoch > (0 if "warmup" in self.off else self.params.adv_start)
+        self.frozen_teacher = self.phase and "fixed" in self.off
         self.cos_sums.zero_()
 
     def on_epoch_end(self, epoch: int, metrics: dict) -> None:

@@ -71,7 +71,7 @@ class CCL(RelationalDistiller):
         if data.task != "multiclass":
             raise CmkdUsageError(
                 f"distill ccl contrasts same-class and other-class rows: it needs a single-label (multiclass) "
-                f"table, not {data.task}"
+                f"table, not {data.task}; for multi-label data use distill nce (instance positives) or crd"
             )
         super().setup(data)
 
