@@ -263,16 +263,16 @@ DOMINANT_S = torch.tensor([[0.0, 1.0], [1.0, 0.0]], dtype=torch.float64)
         (0.5, torch.float64),
         (0.5, torch.float32),
         (0.05, torch.float64),
-        pytest.param(0.05, torch.float32, marks=pytest.mark.xfail(strict=True, reason="bug: log1mexp(log h) -> inf")),
-        pytest.param(0.01, torch.float64, marks=pytest.mark.xfail(strict=True, reason="bug: log1mexp(log h) -> inf")),
-        pytest.param(0.01, torch.float32, marks=pytest.mark.xfail(strict=True, reason="bug: log1mexp(log h) -> inf")),
+        (0.05, torch.float32),
+        (0.01, torch.float64),
+        (0.01, torch.float32),
     ],
 )
 def test_eq8_is_finite_when_a_negative_dominates(tau, dtype):
-    """The spec (1.3) asks for log(1 - h) = logsumexp_{j != u} s_ij - logsumexp_j s_ij, exact. mi_bound_loss
-    takes log1mexp(log h) instead, and log h = s - logsumexp(s) rounds to exactly 0 once 1 - h is below the
-    precision of s (float64: tau <= ~0.02 here; float32: tau <= ~0.05): the loss is inf and its gradient NaN,
-    where the exact value is 2 (1/tau + log(1 + e^(-1/tau)))."""
+    """The spec (1.3) asks for log(1 - h) = logsumexp_{j != u} s_ij - logsumexp_j s_ij, exact. Taken as
+    log1mexp(log h) it is -inf once 1 - h is below the precision of s (log h rounds to 0; float64: tau <= ~0.02
+    here, float32: tau <= ~0.05): the loss would be inf and its gradient NaN, where the exact value is
+    2 (1/tau + log(1 + e^(-1/tau)))."""
     m = DOMINANT_M.to(dtype).requires_grad_()
     s = DOMINANT_S.to(dtype).requires_grad_()
     y = _long([0, 1])

@@ -30,10 +30,22 @@ def _dtype(x: Tensor) -> Tensor:
     return x if x.dtype == torch.float64 else x.float()
 
 
-def _log1mexp(x: Tensor) -> Tensor:
-    """log(1 - exp(x)) for x <= 0, accurate everywhere (Maechler 2012): log(-expm1(x)) near 0, log1p(-exp(x))
-    below -log 2."""
-    return torch.where(x > -math.log(2), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+def log_softmax_complement(s: Tensor) -> Tensor:
+    r"""``log(1 - softmax(s, dim=1))`` exactly:
+    :math:`\mathrm{logsumexp}_{j \ne u} s_{ij} - \mathrm{logsumexp}_j s_{ij}`.
+
+    With :math:`m_i` the row maximum and :math:`T_i = \sum_j e^{s_{ij} - m_i} \ge 1`: for a column other than the
+    row's argmax, :math:`\log(T_i - e^{s_{iu} - m_i}) - \log T_i` (the argmax's term keeps the difference >= 1, so
+    nothing cancels); for the argmax column, the log-sum-exp of the row without it (a direct sum, exact even when
+    that column holds almost all the mass and ``log h`` rounds to 0).
+    """
+    lse = torch.logsumexp(s, dim=1, keepdim=True)
+    m = s.max(dim=1, keepdim=True).values
+    e = torch.exp(s - m)
+    rest = torch.log((e.sum(1, keepdim=True) - e).clamp(min=torch.finfo(s.dtype).tiny)) + m - lse
+    top = torch.nn.functional.one_hot(s.argmax(1), s.shape[1]).bool()
+    without_top = torch.logsumexp(s.masked_fill(top, float("-inf")), dim=1, keepdim=True) - lse
+    return torch.where(top, without_top, rest)
 
 
 def mi_bound_loss(anchor: Tensor, candidates: Tensor, labels: Tensor, tau: float, reduction: str = "sum") -> Tensor:
@@ -47,7 +59,8 @@ def mi_bound_loss(anchor: Tensor, candidates: Tensor, labels: Tensor, tau: float
 
     :math:`P_i` the candidates of the anchor's class (itself included), :math:`N_i` the others. ``reduction``
     ``sum`` is Eq. 8 as printed; ``mean`` divides each inner sum by its size, which is CCL's ``NCELoss`` (no
-    epsilon here: :math:`\log h = s_{iu} - \mathrm{logsumexp}_j s_{ij}`, :math:`\log(1-h)` by ``log1mexp``; CCL adds
+    epsilon here: :math:`\log h = s_{iu} - \mathrm{logsumexp}_j s_{ij}`, :math:`\log(1-h)` by
+    ``log_softmax_complement``; CCL adds
     1e-10 inside its logs). An empty :math:`N_i` (a one-class batch) contributes 0. B must be at least 2
     (:math:`1 - h = 0` for B = 1).
     """
@@ -71,7 +84,7 @@ def mi_bound_loss(anchor: Tensor, candidates: Tensor, labels: Tensor, tau: float
     with torch.autocast(a.device.type, enabled=False):
         s = a @ c.T / tau
     log_h = s - torch.logsumexp(s, dim=1, keepdim=True)
-    log_not_h = _log1mexp(log_h)
+    log_not_h = log_softmax_complement(s)
     pos = (labels.unsqueeze(1) == labels.unsqueeze(0)).to(s.dtype)
     neg = 1 - pos
     pos_sum, neg_sum = (log_h * pos).sum(1), (log_not_h * neg).sum(1)
