@@ -175,6 +175,9 @@ class DistillGroup(SummaryGroup):
 
 app = typer.Typer(
     cls=DistillGroup,
-    help="Distil a frozen teacher into a student with a registered method (see `cmkdtool distill METHOD --help`).",
+    help=(
+        "Distil a teacher (frozen, or trained alongside as in amid) into a student with a registered method "
+        "(see `cmkdtool distill METHOD --help`)."
+    ),
     no_args_is_help=True,
 )
