@@ -471,7 +471,15 @@ class CmkdModel(nn.Module):
 
 
 def build_model(spec: dict) -> CmkdModel:
-    """Build an (untrained) model from its spec."""
+    """Build an (untrained) model from its spec (``kind: "composite"``: an ``nn.composite.CompositeModel``)."""
+    if spec.get("kind", "plain") == "composite":
+        from cmkdtool.nn.composite import CompositeModel
+
+        return CompositeModel(spec)
+    if spec.get("kind", "plain") != "plain":
+        raise CmkdError(
+            f"unknown model kind {spec.get('kind')!r} (a newer cmkdtool wrote it?); kinds: plain, composite"
+        )
     return CmkdModel(spec)
 
 

@@ -118,6 +118,7 @@ def distill(
         method, data, cfg, quiet=quiet, desc=f"distill {info.name}", state_file=state_file, resume=resume,
         on_epoch_end=on_epoch_end,
     )  # fmt: skip
+    student = method.student  # the deployable model: the one built here, or the method's own (a composite)
     student.load_state_dict(result.state_dict)
     return student.eval(), result
 

@@ -1,0 +1,210 @@
+"""``distill osmd``: one-stage modality distillation (Wei, Luo, Luo, arXiv 2309.08204): a composite student on the
+ordinary modality (the pretrained ordinary encoder and a task-shared encoder fused by the cross translation
+network) trained in one stage with the joint adaptation network towards a frozen privileged teacher, the
+auxiliary weights set by GradNorm. ``shared/specs/amid-osmd.md`` section 2 fixes the equations and choices O1-O11.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cmkdtool.engine.method import Batch, Step
+from cmkdtool.errors import CmkdUsageError
+from cmkdtool.losses.gradnorm import adam_update, gradnorm_weight_grad, renormalise
+from cmkdtool.losses.kd import kd_kl, soft_bce_kd
+from cmkdtool.losses.mmd import mmd_multi_kernel
+from cmkdtool.losses.task import task_loss
+from cmkdtool.methods.base import DistillContext, Distiller
+from cmkdtool.methods.registry import register
+from cmkdtool.nn.composite import FUSES, CompositeModel, composite_spec
+from cmkdtool.options import opt
+
+
+@dataclass
+class OSMDParams:
+    ordinary: str | None = opt(
+        None,
+        "Pretrained ordinary-modality checkpoint (cmkdtool pretrain on the --input column): its encoder phi_o is "
+        "copied into the student (required).",
+        checkpoint=True,
+    )
+    teacher_layer: str = opt("embedding", "Privileged teacher layer phi_p that the MMD matches (O3).")
+    balance: str = opt(
+        "gradnorm",
+        "Auxiliary weights alpha (JDN), beta (CTN): gradnorm (Eq. 9 with GradNorm, O9), magnitude (each aux loss "
+        "at 0.1 x the task loss, every step; weights capped at 1) or fixed (--jdn-weight, --ctn-weight).",
+        choices=("gradnorm", "magnitude", "fixed"),
+    )
+    jdn_weight: float = opt(0.1, "alpha with --balance fixed; GradNorm's start is aux_weight_sum / 2.", ge=0)
+    ctn_weight: float = opt(0.1, "beta with --balance fixed.", ge=0)
+    aux_weight_sum: float = opt(
+        0.2, "GradNorm: alpha + beta after each update (an order of magnitude below the task weight 1; O9).", gt=0
+    )
+    gradnorm_alpha: float = opt(1.5, "GradNorm's asymmetry a (Chen et al. 2018, NYUv2 value; O9).", ge=0)
+    gradnorm_lr: float = opt(0.025, "GradNorm: Adam learning rate of the weights (O9).", gt=0)
+    mmd_kernels: int = opt(5, "MMD: number of Gaussian kernels, summed (the authors' MMD_loss: 5; O1).", ge=1)
+    mmd_mul: float = opt(2.0, "MMD: ratio between consecutive bandwidths (the authors' code: 2).", gt=0)
+    mmd_bandwidth: float | None = opt(
+        None, "MMD: fixed centre bandwidth sigma (> 0) [default: data-dependent, the authors' code].", gt=0
+    )
+    kl_temperature: float = opt(1.0, "Softmax temperature of the JDN's KL (Eq. 6: 1, no T^2).", gt=0)
+    ctn_fuse: str = opt(
+        "average",
+        "CTN fusion: average (the authors' Cross_Translation) or concat4 (the paper's text; O8).",
+        choices=FUSES,
+    )
+    ctn_bn: bool = opt(False, "BatchNorm in the transform blocks (paper text; the code has none; O5).")
+    freeze_ordinary: bool = opt(False, "Keep phi_o fixed (O6; default: fine-tuned, the one-stage reading).")
+    hallucination_head: str = opt(
+        "copy",
+        "f_s, the head on the projected shared features whose prediction the KL matches: copy (a trainable copy "
+        "of the teacher's head; needs --teacher-layer embedding) or new (O4).",
+        choices=("copy", "new"),
+    )
+
+
+def _last_weight(module: nn.Module) -> nn.Parameter:
+    """The weight of the last layer with a matrix (or conv kernel) weight: GradNorm's shared layer W."""
+    weights = [m.weight for m in module.modules() if isinstance(getattr(m, "weight", None), nn.Parameter)
+               and m.weight.ndim >= 2]  # fmt: skip
+    if not weights:
+        raise CmkdUsageError("the shared encoder has no weight matrix for GradNorm; use --balance magnitude or fixed")
+    return weights[-1]
+
+
+@register("osmd", OSMDParams, "OS-MD: one-stage modality distillation into a composite ordinary-modality model.")
+class OSMD(Distiller):
+    """L = CE(g(CTN(phi_o, phi_s))) + alpha (MMD(P(z_s), z_p) + KL(f_p || f_s)) + beta L_CTN (Eqs. 1-9).
+
+    The deployable student is a ``CompositeModel`` (one column, two encoders, CTN, head): phi_o copied from
+    ``--ordinary``, phi_s built from the student options (same embedding width), the head new. Training-only:
+    the projector P (when the widths differ) and the hallucination head f_s. The teacher (phi_p, f_p) is frozen
+    and cached.
+    """
+
+    def __init__(self, student, teacher, ordinary, params: OSMDParams, task: str, cache_teacher: bool = True):
+        super().__init__(student, teacher, params, task, cache_teacher)
+        if len(student.input_names) != 1:
+            raise CmkdUsageError("distill osmd reads one ordinary column: give exactly one --input")
+        (col,) = student.input_names
+        if ordinary.input_names != [col]:
+            raise CmkdUsageError(
+                f"--ordinary reads {','.join(ordinary.input_names)} but the student's --input is {col}; "
+                f"pretrain the ordinary model on {col} alone"
+            )
+        if student.spec["arch"] == "linear" or ordinary.spec["arch"] == "linear":
+            raise CmkdUsageError("distill osmd needs encoders (mlp, cnn2d, ...): --arch linear has none")
+        spec = composite_spec(
+            student.spec["inputs"][0], ordinary.spec, student.spec, num_classes=student.layer_width("logits"),
+            task=task, class_names=student.spec.get("class_names"), fuse=params.ctn_fuse, bn=params.ctn_bn,
+            head_hidden=student.spec.get("head_hidden"),
+        )  # fmt: skip
+        comp = CompositeModel(spec)
+        comp.encoders["ordinary"].load_state_dict(ordinary.encoders[col].state_dict())
+        comp.norm["ordinary"].load_state_dict(ordinary.norm[col].state_dict())
+        comp.encoders["shared"].load_state_dict(student.encoders[col].state_dict())
+        comp.norm["shared"].load_state_dict(student.norm[col].state_dict())
+        if params.freeze_ordinary:
+            comp.encoders["ordinary"].requires_grad_(False)
+        self.student = comp
+        d, d_p = comp.embed_dim, teacher.layer_width(params.teacher_layer)
+        self.projector = nn.Linear(d, d_p) if d != d_p else nn.Identity()
+        if params.hallucination_head == "copy":
+            if params.teacher_layer != "embedding":
+                raise CmkdUsageError("--hallucination-head copy copies the head after the embedding: use "
+                                     "--teacher-layer embedding or --hallucination-head new")  # fmt: skip
+            head = copy.deepcopy(teacher.head)
+            for m in head.modules():
+                m._forward_hooks.clear()  # a teacher mask's hook belongs to the teacher
+            self.hallucination = head.requires_grad_(True)
+        else:
+            self.hallucination = nn.Linear(d_p, comp.layer_width("logits"))
+        self.shared_weight = _last_weight(comp.encoders["shared"])
+        start = (
+            [params.jdn_weight, params.ctn_weight]
+            if params.balance == "fixed"
+            else [params.aux_weight_sum / 2, params.aux_weight_sum / 2]
+        )
+        self.register_buffer("w", torch.tensor(start))  # alpha, beta: method state (--resume)
+        self.register_buffer("loss0", torch.full((2,), -1.0))  # L_i(0) of GradNorm
+        self.register_buffer("adam_m", torch.zeros(2))
+        self.register_buffer("adam_v", torch.zeros(2))
+        self.register_buffer("adam_step", torch.zeros(()))
+        self._grad_norms: Tensor | None = None
+        self.loss_weights = {"ce": 1.0}
+        self._bind_weights()
+
+    def _bind_weights(self) -> None:
+        """loss_weights read the live buffer (views), so an update of w applies from the next use."""
+        self.loss_weights.update(mmd=self.w[0], kl=self.w[0], ctn=self.w[1])
+
+    def _apply(self, fn, recurse=True):  # .to(device) replaces the buffer: bind the views again
+        out = super()._apply(fn, recurse)
+        self._bind_weights()
+        return out
+
+    @classmethod
+    def from_context(cls, student, params, ctx: DistillContext) -> OSMD:
+        if "ordinary" not in ctx.teachers:
+            raise CmkdUsageError("distill osmd needs --ordinary ORDINARY.safetensors (pretrain on the --input column)")
+        return cls(student, ctx.teachers["teacher"], ctx.teachers["ordinary"], params, ctx.task, ctx.cache_teacher)
+
+    def teacher_layers(self) -> list[str]:
+        return list(dict.fromkeys([self.params.teacher_layer, "logits"]))
+
+    # ---- the step ----------------------------------------------------------------------------------------------
+
+    def training_step(self, batch: Batch) -> Step:
+        p = self.params
+        parts = self.student.parts(batch.inputs)
+        teacher = self.teacher_outputs(batch)
+        u = self.projector(parts["z_s"])
+        gamma_s = self.hallucination(u)
+        if self.task == "multilabel":
+            kl = soft_bce_kd(gamma_s, teacher["logits"], p.kl_temperature)
+        else:
+            kl = kd_kl(gamma_s, teacher["logits"], p.kl_temperature)
+        terms = {
+            "ce": task_loss(parts["logits"], batch.target, self.task),
+            "mmd": mmd_multi_kernel(u, teacher[p.teacher_layer], p.mmd_mul, p.mmd_kernels, p.mmd_bandwidth),
+            "kl": kl,
+            "ctn": F.mse_loss(parts["t1_s"], parts["t1_o"]) + F.mse_loss(parts["t2_s"], parts["t2_o"]),
+        }
+        if p.balance == "magnitude":
+            with torch.no_grad():
+                ce = terms["ce"].detach().float()
+                jdn = (terms["mmd"] + terms["kl"]).detach().float()
+                aux = torch.stack([jdn, terms["ctn"].detach().float()]).clamp(min=1e-12)
+                self.w.copy_((0.1 * ce / aux).clamp(max=1.0))  # capped: a collapsed CTN (L -> 0) gets weight 1
+        return Step(terms)
+
+    def backward(self, loss: Tensor, terms: dict[str, Tensor], scale) -> None:
+        if self.params.balance == "gradnorm" and self.shared_weight.requires_grad:
+            w = self.shared_weight
+            norms = []
+            for aux in (terms["mmd"] + terms["kl"], terms["ctn"]):
+                (g,) = torch.autograd.grad(aux, w, retain_graph=True, allow_unused=True)
+                norms.append(torch.zeros((), device=w.device) if g is None else g.float().norm())
+            self._grad_norms = torch.stack(norms)
+        scale(loss).backward()
+
+    @torch.no_grad()
+    def after_step(self, batch: Batch, step: Step, index: int) -> None:
+        if self.params.balance != "gradnorm" or self._grad_norms is None:
+            return
+        t = step.terms
+        losses = torch.stack([(t["mmd"] + t["kl"]).detach().float(), t["ctn"].detach().float()])
+        self.loss0.copy_(torch.where(self.loss0 < 0, losses, self.loss0))
+        grad = gradnorm_weight_grad(self.w, self._grad_norms, losses, self.loss0.clamp(min=1e-12),
+                                    self.params.gradnorm_alpha)  # fmt: skip
+        adam_update(self.w, grad, self.adam_m, self.adam_v, self.adam_step, self.params.gradnorm_lr)
+        self.w.copy_(renormalise(self.w, self.params.aux_weight_sum))
+        self._grad_norms = None
+
+    def on_epoch_end(self, epoch: int, metrics: dict) -> None:
+        metrics["train/alpha"], metrics["train/beta"] = float(self.w[0]), float(self.w[1])
