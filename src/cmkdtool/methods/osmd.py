@@ -68,6 +68,35 @@ class OSMDParams:
     )
 
 
+def composite_student(student, ordinary, task: str, fuse: str, bn: bool, freeze_ordinary: bool) -> CompositeModel:
+    """The composite deployable model: ``ordinary``'s encoder (and its input standardisation) copied as phi_o, the
+    freshly built ``student``'s encoder as phi_s, a new CTN fusion and head (shared by ``distill osmd`` and
+    ``distill hallucinate``)."""
+    if len(student.input_names) != 1:
+        raise CmkdUsageError("a composite student reads one ordinary column: give exactly one --input")
+    (col,) = student.input_names
+    if ordinary.input_names != [col]:
+        raise CmkdUsageError(
+            f"--ordinary reads {','.join(ordinary.input_names)} but the student's --input is {col}; "
+            f"pretrain the ordinary model on {col} alone"
+        )
+    if student.spec["arch"] == "linear" or ordinary.spec["arch"] == "linear":
+        raise CmkdUsageError("a composite student needs encoders (mlp, cnn2d, ...): --arch linear has none")
+    spec = composite_spec(
+        student.spec["inputs"][0], ordinary.spec, student.spec, num_classes=student.layer_width("logits"),
+        task=task, class_names=student.spec.get("class_names"), fuse=fuse, bn=bn,
+        head_hidden=student.spec.get("head_hidden"),
+    )  # fmt: skip
+    comp = CompositeModel(spec)
+    comp.encoders["ordinary"].load_state_dict(ordinary.encoders[col].state_dict())
+    comp.norm["ordinary"].load_state_dict(ordinary.norm[col].state_dict())
+    comp.encoders["shared"].load_state_dict(student.encoders[col].state_dict())
+    comp.norm["shared"].load_state_dict(student.norm[col].state_dict())
+    if freeze_ordinary:
+        comp.encoders["ordinary"].requires_grad_(False)
+    return comp
+
+
 def _last_weight(module: nn.Module) -> nn.Parameter:
     """The weight of the last layer with a matrix (or conv kernel) weight: GradNorm's shared layer W."""
     weights = [m.weight for m in module.modules() if isinstance(getattr(m, "weight", None), nn.Parameter)
@@ -89,28 +118,7 @@ class OSMD(Distiller):
 
     def __init__(self, student, teacher, ordinary, params: OSMDParams, task: str, cache_teacher: bool = True):
         super().__init__(student, teacher, params, task, cache_teacher)
-        if len(student.input_names) != 1:
-            raise CmkdUsageError("distill osmd reads one ordinary column: give exactly one --input")
-        (col,) = student.input_names
-        if ordinary.input_names != [col]:
-            raise CmkdUsageError(
-                f"--ordinary reads {','.join(ordinary.input_names)} but the student's --input is {col}; "
-                f"pretrain the ordinary model on {col} alone"
-            )
-        if student.spec["arch"] == "linear" or ordinary.spec["arch"] == "linear":
-            raise CmkdUsageError("distill osmd needs encoders (mlp, cnn2d, ...): --arch linear has none")
-        spec = composite_spec(
-            student.spec["inputs"][0], ordinary.spec, student.spec, num_classes=student.layer_width("logits"),
-            task=task, class_names=student.spec.get("class_names"), fuse=params.ctn_fuse, bn=params.ctn_bn,
-            head_hidden=student.spec.get("head_hidden"),
-        )  # fmt: skip
-        comp = CompositeModel(spec)
-        comp.encoders["ordinary"].load_state_dict(ordinary.encoders[col].state_dict())
-        comp.norm["ordinary"].load_state_dict(ordinary.norm[col].state_dict())
-        comp.encoders["shared"].load_state_dict(student.encoders[col].state_dict())
-        comp.norm["shared"].load_state_dict(student.norm[col].state_dict())
-        if params.freeze_ordinary:
-            comp.encoders["ordinary"].requires_grad_(False)
+        comp = composite_student(student, ordinary, task, params.ctn_fuse, params.ctn_bn, params.freeze_ordinary)
         self.student = comp
         d, d_p = comp.embed_dim, teacher.layer_width(params.teacher_layer)
         self.projector = nn.Linear(d, d_p) if d != d_p else nn.Identity()
