@@ -44,8 +44,9 @@ def adam_update(
     step.add_(1)
     m.mul_(b1).add_(grad, alpha=1 - b1)
     v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-    m_hat = m / (1 - b1**step)
-    v_hat = v / (1 - b2**step)
+    t = step.double()  # bias corrections in float64, as torch.optim.Adam computes them
+    m_hat = m / (1 - b1**t).to(m.dtype)
+    v_hat = v / (1 - b2**t).to(v.dtype)
     param.sub_(lr * m_hat / (v_hat.sqrt() + eps))
 
 

@@ -87,6 +87,15 @@ class Hallucinate(Distiller):
     def teacher_layers(self) -> list[str]:
         return [self.params.teacher_layer]
 
+    def frozen_modules(self) -> list[nn.Module]:
+        return [*super().frozen_modules(), self.student.encoders["ordinary"]]  # phi_o as pretrained, in eval mode
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.stage == 2:  # phi_s is fixed in stage 2: its BatchNorm statistics and dropout too
+            self.student.encoders["shared"].eval()
+        return self
+
     def optimizers(self) -> dict[str, OptimizerSpec]:
         if self.disc is None:
             return {}
@@ -99,6 +108,8 @@ class Hallucinate(Distiller):
         self.projector.requires_grad_(self.stage == 1)
         comp.ctn.requires_grad_(self.stage == 2)
         comp.head.requires_grad_(self.stage == 2)
+        if self.stage == 2 and self.training:
+            comp.encoders["shared"].eval()
 
     def validate(self, data: TensorData, index: Tensor, precision: str, batch_size: int) -> dict[str, float]:
         out = val_metrics(self.student, data, index, precision, batch_size)

@@ -165,6 +165,12 @@ class OSMD(Distiller):
     def teacher_layers(self) -> list[str]:
         return list(dict.fromkeys([self.params.teacher_layer, "logits"]))
 
+    def frozen_modules(self) -> list[nn.Module]:
+        """The teacher, and with --freeze-ordinary phi_o (kept in eval mode: its BatchNorm statistics and dropout
+        stay as pretrained)."""
+        frozen = super().frozen_modules()
+        return [*frozen, self.student.encoders["ordinary"]] if self.params.freeze_ordinary else frozen
+
     # ---- the step ----------------------------------------------------------------------------------------------
 
     def training_step(self, batch: Batch) -> Step:
@@ -208,10 +214,14 @@ class OSMD(Distiller):
         t = step.terms
         losses = torch.stack([(t["mmd"] + t["kl"]).detach().float(), t["ctn"].detach().float()])
         self.loss0.copy_(torch.where(self.loss0 < 0, losses, self.loss0))
-        grad = gradnorm_weight_grad(self.w, self._grad_norms, losses, self.loss0.clamp(min=1e-12),
+        # GradNorm's own scale: weights summing to the number of tasks (2), where its learning rate was set; the
+        # loss weights are those scaled to --aux-weight-sum (a uniform scale leaves the update's signs unchanged)
+        tasks, total = 2.0, self.params.aux_weight_sum
+        wn = self.w * (tasks / total)
+        grad = gradnorm_weight_grad(wn, self._grad_norms, losses, self.loss0.clamp(min=1e-12),
                                     self.params.gradnorm_alpha)  # fmt: skip
-        adam_update(self.w, grad, self.adam_m, self.adam_v, self.adam_step, self.params.gradnorm_lr)
-        self.w.copy_(renormalise(self.w, self.params.aux_weight_sum))
+        adam_update(wn, grad, self.adam_m, self.adam_v, self.adam_step, self.params.gradnorm_lr)
+        self.w.copy_(renormalise(wn, tasks) * (total / tasks))
         self._grad_norms = None
 
     def on_epoch_end(self, epoch: int, metrics: dict) -> None:
