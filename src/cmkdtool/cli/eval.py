@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from cmkdtool.analysis.pad import PadOptions
 from cmkdtool.cli import options as o
 from cmkdtool.cli.common import (
     DeviceOpt,
@@ -43,6 +44,19 @@ ORDER = [
     "r@1",
     "r@5",
     "r@10",
+    "n_bona_fide",
+    "n_attack",
+    "pad_threshold",
+    "apcer",  # then apcer[<type>] per attack type
+    "apcer_max",
+    "bpcer",
+    "acer",
+    "hter",
+    "eer",
+    "eer_threshold",
+    "tpr@apcer=0.01",
+    "tpr@apcer=0.001",
+    "tpr@apcer=0.0001",
 ]
 
 
@@ -62,7 +76,11 @@ def _render(result: dict, fmt: str) -> str:
         return json.dumps(result) + "\n"
     if fmt == "csv":
         return csv_text([flat], list(flat))
-    keys = [k for k in ORDER if k in flat] + [k for k in flat if k not in ORDER]
+    keys = []
+    for k in ORDER:
+        keys += [k] if k in flat else []
+        keys += [t for t in flat if t.startswith("apcer[")] if k == "apcer" else []
+    keys += [k for k in flat if k not in keys]
     width = max(len(k) for k in keys)
     lines = []
     for k in keys:
@@ -114,6 +132,7 @@ PARAMS = [
     o.param("precision", PrecisionOpt, "auto"),
     o.param("quiet", QuietOpt, False),
     *o.dataclass_params(MaskOptions, "Channel mask"),
+    *o.dataclass_params(PadOptions, "Presentation attack detection"),
 ]
 
 
@@ -121,6 +140,8 @@ def _run(kw: dict) -> None:
     checkpoint, tables, fmt, topk = kw["checkpoint"], kw["tables"], kw["format"], kw["topk"]
     predictions, quiet = kw["predictions"], kw["quiet"]
     mask = mask_options(kw)
+    pad = o.build(PadOptions, kw)
+    pad.validate()
     if fmt not in FORMATS:
         raise CmkdUsageError(f"unknown --format '{fmt}'; choose one of {', '.join(FORMATS)}")
     ks = parse_ints(topk, "--topk")
@@ -135,7 +156,7 @@ def _run(kw: dict) -> None:
     ev = run_eval(
         checkpoint, tables, split=kw["split"], topk=ks, retrieval=kw["retrieval"], gallery=kw["gallery"],
         split_ratio=kw["split_ratio"], split_seed=kw["split_seed"], device=kw["device"], precision=kw["precision"],
-        mask=mask, quiet=quiet,
+        mask=mask, quiet=quiet, pad=pad,
     )  # fmt: skip
     if predictions:
         ev.write_predictions(predictions)
@@ -150,7 +171,9 @@ evaluate = o.make_command(
 
     Multi-class: accuracy (= WA), UA (mean per-class recall), top-k, macro/micro precision, recall and F1,
     confusion matrix. Multi-label: mAP, subset and Hamming accuracy, F1. Retrieval: R@k of split rows
-    (queries) against gallery rows by cosine similarity of the model's embedding. A mask stored in the
-    checkpoint is always applied; --mask adds one to a checkpoint without one, for this evaluation only.
+    (queries) against gallery rows by cosine similarity of the model's embedding. --pad (a two-class bona
+    fide/attack model): APCER (pooled, per attack type, max), BPCER, ACER, HTER, EER, TPR@APCER (ISO/IEC
+    30107-3). A mask stored in the checkpoint is always applied; --mask adds one to a checkpoint without one,
+    for this evaluation only.
     """,
 )
