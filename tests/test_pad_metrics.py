@@ -334,3 +334,37 @@ def test_eval_pad_errors(pad_run, tmp_path) -> None:
     c3 = tmp_path / "c3.safetensors"
     run("pretrain", tmp_path / "c3.parquet", "-i", "x", "--arch", "linear", "--epochs", "1", "-q", "-o", c3)
     assert "two-class" in fails("eval", c3, tmp_path / "c3.parquet", "--pad", code=1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# --select acer: training keeps the epoch with the lowest val ACER
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_select_acer_keeps_the_lowest_val_acer(pad_run, tmp_path) -> None:
+    from cmkdtool.io.checkpoints import read_checkpoint
+
+    d, _, _ = pad_run
+    out = tmp_path / "acer.safetensors"
+    run("pretrain", d / "plain.parquet", "-i", "x", "--arch", "linear", "--epochs", "6", "--lr", "0.05",
+        "--select", "acer", "-q", "-o", out)  # fmt: skip
+    hist = [json.loads(line) for line in open(f"{out}.history.jsonl")]
+    acers = [r["val/acer"] for r in hist]
+    _, _, record = read_checkpoint(out)
+    best = record["best_epoch"]
+    assert acers[best - 1] == min(acers)  # the first epoch reaching the minimum
+    assert all(a > min(acers) for a in acers[: best - 1])
+    # the logged value is pad_metrics' ACER of the val rows (threshold 0.5, bona fide = 1) for the kept weights
+    ev = json.loads(run("eval", out, d / "plain.parquet", "--split", "val", "--format", "json", "--pad"))
+    assert ev["acer"] == pytest.approx(record["best_metrics"]["val/acer"], abs=1e-6)
+
+
+def test_select_acer_needs_two_classes(tmp_path) -> None:
+    rng = np.random.default_rng(1)
+    label = np.arange(60) % 3
+    table = build_table([f"r{i}" for i in range(60)], {"x": rng.normal(size=(60, 3)).astype(np.float32)},
+                        label=label, split=np.repeat(["train", "val"], 30))  # fmt: skip
+    write_table(table, tmp_path / "three.parquet")
+    line = fails("pretrain", tmp_path / "three.parquet", "-i", "x", "--arch", "linear", "--epochs", "1",
+                 "--select", "acer", "-o", tmp_path / "m.safetensors", code=2)  # fmt: skip
+    assert "--select acer needs a two-class table" in line

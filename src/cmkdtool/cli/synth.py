@@ -1,4 +1,4 @@
-"""``cmkdtool synth``: synthetic paired data with a known modality-general ground truth."""
+"""``cmkdtool synth``: synthetic paired data with a known ground truth (modality-general channels; spoof images)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from cmkdtool.cli.common import SummaryGroup, guard, note
 
 app = typer.Typer(
     cls=SummaryGroup,
-    help="Write a synthetic two-modality feature table (columns xa = teacher side, xb = student side, label, "
-    "split) whose ground truth (which channels are modality-general) is recorded in the table's metadata.",
+    help="Write a synthetic multimodal feature table, its ground truth recorded in the table's metadata. mfh and "
+    "orthogonal: columns xa = teacher side, xb = student side, label, split (the ground truth: which channels are "
+    "modality-general); spoof: face anti-spoofing images rgb, depth, ir with label (1 = bona fide), split and "
+    "attack_type.",
     no_args_is_help=True,
 )
 
@@ -56,6 +58,9 @@ FLAGS = {
     "dim": "--dim",
     "seed": "--seed",
     "orthogonalize": "--orthogonalize",
+    "attack_ratio": "--attack-ratio",
+    "attack_visibility": "--attack-visibility",
+    "size": "--size",
 }
 
 
@@ -260,5 +265,73 @@ _command(
 
     xa = [G; S'] (teacher) and xb = [G; S] (student) share the first D_g channels; G, S, S' are orthogonal
     across the samples of each split. Labels follow a linear rule on the three parts, each weighted.
+    """,
+)
+
+
+SPOOF_PARAMS = [
+    o.param("output", OutOpt),
+    o.param("size", A[int, typer.Option("--size", help="Image height and width H = W in pixels.")], 16, ge=4, le=256),
+    o.param(
+        "attack_ratio",
+        A[float, typer.Option("--attack-ratio", help="Share of attack rows per split (half print, half replay).")],
+        0.5,
+        ge=0,
+        le=1,
+    ),
+    o.param(
+        "attack_visibility",
+        A[
+            float,
+            typer.Option(
+                "--attack-visibility",
+                help="Strength v of the attacks' recapture artefacts in rgb (print: blur, contrast loss, colour "
+                "cast; replay: moire, tint, glow): 0 = rgb carries no label information, 1 = plainly visible.",
+            ),
+        ],
+        0.3,
+        ge=0,
+        le=1,
+    ),
+    o.param("ir", A[bool, typer.Option("--ir/--no-ir", help="Also write the near-infrared column ir.")], True),
+    *_rows_and_seeds(train=1200, val=400, test=400),
+]
+
+
+def _spoof(kw: dict) -> None:
+    from cmkdtool.pipelines.synth import run_synth_spoof
+
+    synth = _generate(
+        run_synth_spoof,
+        size=kw["size"],
+        attack_ratio=kw["attack_ratio"],
+        attack_visibility=kw["attack_visibility"],
+        ir=kw["ir"],
+        **_seeds(kw),
+    )
+    synth.write(kw["output"])
+    data, m = synth.data, synth.data.meta
+    counts = synth.counts()
+    kinds = {t: int((data.attack_type == t).sum()) for t in ("print", "replay")}
+    shapes = ", ".join(f"{name} {shape}" for name, shape in m["shapes"].items())
+    note(
+        f"wrote {kw['output']}: {len(data.ids)} rows ({counts['train']} train, {counts['val']} val, "
+        f"{counts['test']} test), {shapes}; {int((data.label == 1).sum())} bona fide (label 1), "
+        f"{kinds['print']} print and {kinds['replay']} replay attacks (label 0); "
+        f"attack visibility {m['attack_visibility']}",
+        kw["quiet"],
+    )
+
+
+_command(
+    "spoof",
+    _spoof,
+    SPOOF_PARAMS,
+    """RGB-D-IR face anti-spoofing images: bona fide faces and print / replay attacks (OS-MD Table 1).
+
+    Bona fide faces (label 1) are shaded 3-D surfaces; attacks (label 0) show another face's picture on a flat
+    or slightly bent plane, with recapture artefacts in rgb of strength --attack-visibility. Depth separates the
+    classes almost perfectly; rgb alone is harder. Columns rgb [3, H, W], depth [1, H, W], ir [1, H, W], label,
+    split, attack_type (bona_fide, print, replay); the model and its constants are in the table metadata.
     """,
 )

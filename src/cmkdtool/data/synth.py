@@ -1,6 +1,6 @@
-"""Synthetic paired two-modality data with a known modality-general / modality-specific ground truth.
+"""Synthetic paired multimodal data with a known ground truth.
 
-Two generators, each reproducing the synthetic set-up of one source paper:
+Three generators, each reproducing the synthetic set-up of (or a setting in) one source paper:
 
 * :func:`synth_mfh`: the multimodal Gaussian of the Modality Focusing Hypothesis paper
   (Xue et al., ICLR 2023, "The Modality Focusing Hypothesis: Towards Understanding Crossmodal
@@ -8,19 +8,22 @@ Two generators, each reproducing the synthetic set-up of one source paper:
 * :func:`synth_orthogonal`: the completely separated data of the CIBA paper
   ("Understanding dimensional collapse in cross-modal feature distillation"), Sec. 3.4 Eq. 4,
   built as in App. D.1 (Gram-Schmidt) and, with ``orthogonalize=False``, as in App. E.6.
+* :func:`synth_spoof`: RGB, depth and IR face images, bona fide or print / replay presentation attacks: a
+  small analogue of CASIA-SURF for the OS-MD paper ("One-stage Modality Distillation for Incomplete
+  Multimodal Learning"), Table 1 (RGB-D) and Table 3 (RGB-IR). It returns a :class:`SpoofData`.
 
-Both return a :class:`SynthData`: ``xa`` is the teacher-side modality (``x^a`` in MFH, ``X'`` in CIBA),
-``xb`` the student-side modality (``x^b`` in MFH, ``X`` in CIBA). Arrays are sample-major
+The first two return a :class:`SynthData`: ``xa`` is the teacher-side modality (``x^a`` in MFH, ``X'`` in
+CIBA), ``xb`` the student-side modality (``x^b`` in MFH, ``X`` in CIBA). Arrays are sample-major
 (``(N, channels)``); the papers write CIBA's matrices channel-major (``D x N``).
 
-Seeding (both generators)
--------------------------
+Seeding (all generators)
+------------------------
 ``SeedSequence(seed).spawn(4)`` gives four independent streams: ``[structure, train, val, test]``.
 The structure stream fixes everything shared by all splits (MFH: ``delta`` and the channel positions;
-CIBA: the label hyperplanes). A split is drawn from ``SeedSequence(<split>_seed)`` when that option is
-given, else from the spawned child of ``seed``. Every split is drawn from its own stream only, so changing
-``test_seed`` (or ``n_test``) changes the test rows and nothing else. Equal explicit split seeds give
-equal raw draws for those splits (the user asked for it).
+CIBA: the label hyperplanes; spoof: nothing, it is unused). A split is drawn from
+``SeedSequence(<split>_seed)`` when that option is given, else from the spawned child of ``seed``. Every
+split is drawn from its own stream only, so changing ``test_seed`` (or ``n_test``) changes the test rows and
+nothing else. Equal explicit split seeds give equal raw draws for those splits (the user asked for it).
 
 Pure NumPy; no torch or pyarrow.
 """
@@ -35,7 +38,7 @@ import numpy as np
 
 from cmkdtool.errors import CmkdUsageError
 
-__all__ = ["SynthData", "SynthConfigError", "synth_mfh", "synth_orthogonal"]
+__all__ = ["SpoofData", "SynthData", "SynthConfigError", "synth_mfh", "synth_orthogonal", "synth_spoof"]
 
 SPLITS: tuple[str, str, str] = ("train", "val", "test")
 
@@ -499,5 +502,369 @@ def synth_orthogonal(
         split=split_arr,
         ids=ids,
         class_names=[str(c) for c in range(k)],
+        meta=meta,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Face anti-spoofing images (OS-MD Table 1 / Table 3 analogue; CASIA-SURF-like RGB, depth and IR)
+
+ATTACK_TYPES: tuple[str, str, str] = ("bona_fide", "print", "replay")
+SPOOF_CLASS_NAMES: list[str] = ["attack", "bona_fide"]
+
+#: The constants of :func:`synth_spoof`'s generative model, recorded in ``meta['model']``. Lengths are in units
+#: of the image grid, which spans ``[-1, 1]`` along both axes; ``[lo, hi]`` is a per-row ``U(lo, hi)`` draw.
+SPOOF_MODEL: dict[str, Any] = {
+    "face_center": [-0.15, 0.15],  # face centre, each coordinate
+    "face_scale": [0.55, 0.8],  # vertical semi-axis of the face ellipse
+    "face_aspect": 0.78,  # horizontal / vertical semi-axis
+    "face_roll_deg": [-20.0, 20.0],  # in-plane rotation
+    "face_yaw": [-0.15, 0.15],  # horizontal nose offset, face-normalised
+    "face_relief": [0.8, 1.2],  # height multiplier
+    "face_height": 0.55,  # height = face_height * scale * relief * relative height (a dome of 1 at the centre)
+    "nose": 0.35,  # nose bump, relative height
+    "eye_socket": 0.12,  # eye sockets, relative depth
+    "skin_light": [0.90, 0.74, 0.62],  # skin albedo = (1 - t) skin_light + t skin_dark + N(0, 0.02^2), t ~ U(0, 1)
+    "skin_dark": [0.42, 0.28, 0.20],
+    "skin_jitter": 0.02,
+    "eye_albedo": [0.12, 0.10, 0.09],
+    "mouth_albedo": [0.62, 0.25, 0.25],
+    "light_z": [0.6, 1.0],  # z component of the unit light direction; azimuth ~ U(0, 2 pi)
+    "ambient": [0.3, 0.5],
+    "background": [0.15, 0.85],  # background colour, each channel
+    "background_gradient": [-0.08, 0.08],  # slope along x and along y, each channel
+    "exposure": [0.85, 1.15],
+    "rgb_noise": 0.02,  # standard deviation of the sensor noise
+    "face_level": [0.3, 0.5],  # bona fide depth = face_level + depth_scale * height on the face
+    "depth_scale": 0.6,
+    "depth_background": 0.04,  # bona fide depth off the face (far away)
+    "medium_level": [0.35, 0.65],  # attack depth = medium_level + tilt_x x + tilt_y y (+ bend, print only)
+    "medium_tilt": [-0.1, 0.1],
+    "print_bend": [0.0, 0.12],  # bend * (1 - (cos a x + sin a y)^2), a ~ U(0, pi): a slightly curved sheet
+    "depth_noise": 0.015,
+    "print_blur_sigma": 1.0,  # pixels; print rgb = mix(picture, blurred picture, v)
+    "print_contrast_loss": 0.4,  # contrast factor 1 - 0.4 v around each channel's mean
+    "print_cast": [0.10, 0.04, -0.14],  # colour cast c ~ N(print_cast, 0.03^2): rgb * (1 + v c)
+    "print_cast_jitter": 0.03,
+    "replay_moire": 0.12,  # moire amplitude at v = 1
+    "replay_moire_period": [2.2, 4.0],  # pixels; orientation ~ U(0, pi), phase ~ U(0, 2 pi), +2 pi/3 per channel
+    "replay_tint": [-0.04, 0.0, 0.08],  # rgb * (1 + v tint) + v glow
+    "replay_glow": 0.06,
+    "ir_skin": 0.8,  # bona fide IR = gain * n_z * (ir_skin - ir_eye * eye weight) on the face
+    "ir_eye": 0.3,
+    "ir_background": 0.05,
+    "ir_print": [0.3, 0.5],  # paper: gain * n_z * (0.3 + 0.5 luminance of the picture)
+    "ir_replay": [0.08, 0.12],  # screen: gain * (0.08 + 0.12 luminance of the picture)
+    "ir_gain": [0.8, 1.1],
+    "ir_noise": 0.02,
+}
+
+
+@dataclass
+class SpoofData:
+    """A generated face anti-spoofing image set; rows are ordered train, then val, then test.
+
+    Attributes:
+        rgb: ``(N, 3, H, W)`` float32 in ``[0, 1]``, the colour image (OS-MD's student modality).
+        depth: ``(N, 1, H, W)`` float32 in ``[0, 1]``, closer is brighter (OS-MD's privileged modality).
+        ir: ``(N, 1, H, W)`` float32 in ``[0, 1]``, near infrared; None when not generated.
+        label: ``(N,)`` int64, ``1`` = bona fide (a live face), ``0`` = presentation attack.
+        attack_type: ``(N,)`` str array of ``'bona_fide' | 'print' | 'replay'``.
+        split: ``(N,)`` str array of ``'train' | 'val' | 'test'``.
+        ids: ``(N,)`` str array, unique: ``'<split>-<index within split, 6 digits>'``.
+        class_names: ``['attack', 'bona_fide']``.
+        meta: JSON-serialisable dict: the generator name, every parameter and the ground truth.
+    """
+
+    rgb: np.ndarray
+    depth: np.ndarray
+    ir: np.ndarray | None
+    label: np.ndarray
+    attack_type: np.ndarray
+    split: np.ndarray
+    ids: np.ndarray
+    class_names: list[str]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = self.label.shape[0]
+        for name in ("rgb", "depth", "ir", "attack_type", "split", "ids"):
+            arr = getattr(self, name)
+            if arr is not None and arr.shape[0] != n:
+                raise ValueError(f"SpoofData.{name} has {arr.shape[0]} rows but label has {n}.")
+
+    def __len__(self) -> int:
+        return int(self.label.shape[0])
+
+    def images(self) -> dict[str, np.ndarray]:
+        """The image columns by name: ``rgb``, ``depth`` and, when generated, ``ir``."""
+        out = {"rgb": self.rgb, "depth": self.depth}
+        if self.ir is not None:
+            out["ir"] = self.ir
+        return out
+
+
+def _blur(x: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur of the last two axes (radius ``ceil(2 sigma)``, mirrored borders)."""
+    r = max(1, math.ceil(2 * sigma))
+    k = np.exp(-(np.arange(-r, r + 1) ** 2) / (2 * sigma**2))
+    k = (k / k.sum()).astype(x.dtype)
+    h, w = x.shape[-2:]
+    p = np.pad(x, [(0, 0)] * (x.ndim - 2) + [(r, r), (r, r)], mode="symmetric")
+    rows = sum(k[i] * p[..., i : i + h, :] for i in range(2 * r + 1))
+    return sum(k[i] * rows[..., i : i + w] for i in range(2 * r + 1))
+
+
+def _normals(height: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unit surface normal ``(n_x, n_y, n_z)`` of height maps ``(n, H, W)`` over the ``[-1, 1]`` grid."""
+    step = 2.0 / size
+    gy, gx = np.gradient(height, step, step, axis=(1, 2))
+    inv = 1.0 / np.sqrt(gx * gx + gy * gy + 1.0)
+    return -gx * inv, -gy * inv, inv
+
+
+def _draw(rng: np.random.Generator, bounds: Any, n: int, *shape: int) -> np.ndarray:
+    """``U(bounds)`` per row, float32, shaped ``(n, *shape)`` (trailing ones broadcast over the pixels)."""
+    lo, hi = bounds
+    return rng.uniform(lo, hi, size=(n, *shape)).astype(np.float32)
+
+
+def _col(values: Any) -> np.ndarray:
+    """A per-channel constant shaped ``(1, C, 1, 1)``."""
+    return np.asarray(values, dtype=np.float32)[None, :, None, None]
+
+
+def _spoof_split(n: int, ss: np.random.SeedSequence, size: int, ratio: float, v: float, with_ir: bool) -> tuple:
+    """One split: ``(rgb, depth, ir, kind)`` with ``kind`` 0 bona fide, 1 print, 2 replay.
+
+    Every random draw is made for every row, whatever its label, ``ratio``, ``v`` and ``with_ir``, from child
+    streams of ``ss`` in a fixed order, so each of these options changes only what it names.
+    """
+    m = SPOOF_MODEL
+    f32 = np.float32
+    lab_ss, geo_ss, look_ss, med_ss, art_ss, noise_ss = ss.spawn(6)
+    grid = ((2.0 * np.arange(size) + 1.0) / size - 1.0).astype(f32)  # pixel centres in (-1, 1)
+    xx, yy = grid[None, None, :], grid[None, :, None]  # x to the right, y downwards
+
+    # labels: a seeded order of the rows; its first round(ratio * n) are attacks, alternately print and replay
+    n_att = int(math.floor(ratio * n + 0.5))
+    order = np.random.default_rng(lab_ss).permutation(n)
+    kind = np.zeros(n, dtype=np.int64)
+    kind[order[:n_att]] = 1 + np.arange(n_att) % 2
+
+    # the face: a live face (bona fide) or the face in the attack's picture
+    g = np.random.default_rng(geo_ss)
+    cx, cy = _draw(g, m["face_center"], n, 1, 1), _draw(g, m["face_center"], n, 1, 1)
+    scale = _draw(g, m["face_scale"], n, 1, 1)
+    roll = np.deg2rad(_draw(g, m["face_roll_deg"], n, 1, 1))
+    yaw = _draw(g, m["face_yaw"], n, 1, 1)
+    relief = _draw(g, m["face_relief"], n, 1, 1)
+    cos, sin = np.cos(roll), np.sin(roll)
+    p = (cos * (xx - cx) + sin * (yy - cy)) / (m["face_aspect"] * scale)  # face coordinates: the face is r < 1
+    q = (cos * (yy - cy) - sin * (xx - cx)) / scale
+    r2 = p * p + q * q
+    mask = 1.0 / (1.0 + np.exp((np.sqrt(r2) - 1.0) / f32(0.04)))  # soft face outline
+    dome = np.sqrt(np.clip(1.0 - r2, 0.0, None))
+    on_face = (r2 < 1.0).astype(f32)
+    nose = np.exp(-((p - yaw) ** 2 / f32(2 * 0.12**2) + (q - 0.1) ** 2 / f32(2 * 0.22**2)))
+    eyes = np.exp(-((np.abs(p) - 0.38) ** 2 + (q + 0.28) ** 2) / f32(2 * 0.13**2))
+    mouth = np.exp(-(p * p / f32(2 * 0.25**2) + (q - 0.52) ** 2 / f32(2 * 0.08**2)))
+    height = (m["face_height"] * scale * relief) * (dome + (m["nose"] * nose - m["eye_socket"] * eyes) * on_face)
+    fnx, fny, fnz = _normals(height, size)
+
+    # the picture: Lambertian skin with eyes and mouth under a random light, over a random background
+    a = np.random.default_rng(look_ss)
+    tone = _draw(a, (0.0, 1.0), n, 1, 1, 1)
+    skin = (1 - tone) * _col(m["skin_light"]) + tone * _col(m["skin_dark"])
+    skin = skin + a.normal(0.0, m["skin_jitter"], size=(n, 3, 1, 1)).astype(f32)
+    light_z = _draw(a, m["light_z"], n, 1, 1)
+    azimuth = _draw(a, (0.0, 2 * math.pi), n, 1, 1)
+    light_xy = np.sqrt(1.0 - light_z * light_z)
+    ambient = _draw(a, m["ambient"], n, 1, 1)
+    bg = _draw(a, m["background"], n, 3, 1, 1)
+    bg = bg + _draw(a, m["background_gradient"], n, 3, 1, 1) * xx + _draw(a, m["background_gradient"], n, 3, 1, 1) * yy
+    exposure = _draw(a, m["exposure"], n, 1, 1, 1)
+    w_eye = (np.clip(1.3 * eyes, 0.0, 1.0) * on_face)[:, None]
+    w_mouth = (0.7 * mouth * on_face)[:, None]
+    albedo = skin * (1 - w_eye - w_mouth) + w_eye * _col(m["eye_albedo"]) + w_mouth * _col(m["mouth_albedo"])
+    lambert = np.clip(light_xy * (np.cos(azimuth) * fnx + np.sin(azimuth) * fny) + light_z * fnz, 0.0, None)
+    shading = (ambient + (1 - ambient) * lambert)[:, None]
+    face = mask[:, None]
+    picture = exposure * (face * albedo * shading + (1 - face) * bg)  # (n, 3, H, W)
+
+    # depth: the face over a far background, or the attack medium (a tilted plane; print: slightly bent)
+    md = np.random.default_rng(med_ss)
+    face_level = _draw(md, m["face_level"], n, 1, 1)
+    level = _draw(md, m["medium_level"], n, 1, 1)
+    tilt_x, tilt_y = _draw(md, m["medium_tilt"], n, 1, 1), _draw(md, m["medium_tilt"], n, 1, 1)
+    bend = _draw(md, m["print_bend"], n, 1, 1) * (kind == 1)[:, None, None]
+    bend_axis = _draw(md, (0.0, math.pi), n, 1, 1)
+    ir_gain = _draw(md, m["ir_gain"], n, 1, 1)
+    along = np.cos(bend_axis) * xx + np.sin(bend_axis) * yy
+    medium = level + tilt_x * xx + tilt_y * yy + bend * (1.0 - along * along)
+    live_depth = mask * (face_level + m["depth_scale"] * height) + (1 - mask) * m["depth_background"]
+    depth = np.where((kind == 0)[:, None, None], live_depth, medium)[:, None]
+
+    # rgb: the picture as is (bona fide: the live face), or recaptured with artefacts of strength v
+    ar = np.random.default_rng(art_ss)
+    cast = _col(m["print_cast"]) + ar.normal(0.0, m["print_cast_jitter"], size=(n, 3, 1, 1)).astype(f32)
+    period = _draw(ar, m["replay_moire_period"], n, 1, 1, 1)
+    angle = _draw(ar, (0.0, math.pi), n, 1, 1, 1)
+    phase = _draw(ar, (0.0, 2 * math.pi), n, 1, 1, 1)
+    rgb = picture.copy()
+    pr = np.nonzero(kind == 1)[0]
+    if pr.size and v > 0:  # print: blur, contrast loss, colour cast of the paper and ink
+        x = (1 - v) * picture[pr] + v * _blur(picture[pr], m["print_blur_sigma"])
+        mean = x.mean(axis=(2, 3), keepdims=True)
+        x = mean + (1 - m["print_contrast_loss"] * v) * (x - mean)
+        rgb[pr] = x * (1 + v * cast[pr])
+    rp = np.nonzero(kind == 2)[0]
+    if rp.size and v > 0:  # replay: moire fringes (the sub-pixels shift their phase), a blue tint and glow
+        pix = np.arange(size, dtype=f32)
+        wave = np.cos(angle[rp]) * pix[None, None, None, :] + np.sin(angle[rp]) * pix[None, None, :, None]
+        moire = np.sin(f32(2 * math.pi) * wave / period[rp] + phase[rp] + _col([0.0, 2 * math.pi / 3, 4 * math.pi / 3]))
+        x = picture[rp] + (v * m["replay_moire"]) * moire
+        rgb[rp] = x * (1 + v * _col(m["replay_tint"])) + v * m["replay_glow"]
+
+    # sensor noise, drawn rgb, depth, ir in this order (so --no-ir changes nothing else)
+    nz = np.random.default_rng(noise_ss)
+    rgb = rgb + f32(m["rgb_noise"]) * nz.standard_normal(rgb.shape, dtype=f32)
+    depth = depth + f32(m["depth_noise"]) * nz.standard_normal(depth.shape, dtype=f32)
+    ir = None
+    if with_ir:  # an active near-infrared light at the camera: shading n_z; screens emit no IR
+        lum = np.clip(0.299 * picture[:, 0] + 0.587 * picture[:, 1] + 0.114 * picture[:, 2], 0.0, 1.0)
+        live = mask * (m["ir_skin"] - m["ir_eye"] * w_eye[:, 0]) * fnz + (1 - mask) * m["ir_background"]
+        paper = (m["ir_print"][0] + m["ir_print"][1] * lum) * _normals(medium / m["depth_scale"], size)[2]
+        screen = m["ir_replay"][0] + m["ir_replay"][1] * lum
+        k = kind[:, None, None]
+        ir = (ir_gain * np.where(k == 1, paper, np.where(k == 2, screen, live)))[:, None]
+        ir = np.clip(ir + f32(m["ir_noise"]) * nz.standard_normal(ir.shape, dtype=f32), 0.0, 1.0).astype(f32)
+    rgb = np.clip(rgb, 0.0, 1.0).astype(f32)
+    depth = np.clip(depth, 0.0, 1.0).astype(f32)
+    return rgb, depth, ir, kind
+
+
+def synth_spoof(
+    *,
+    size: int = 16,
+    attack_ratio: float = 0.5,
+    attack_visibility: float = 0.3,
+    ir: bool = True,
+    n_train: int = 1200,
+    n_val: int = 400,
+    n_test: int = 400,
+    seed: int = 0,
+    train_seed: int | None = None,
+    val_seed: int | None = None,
+    test_seed: int | None = None,
+) -> SpoofData:
+    """RGB-D(-IR) face anti-spoofing images: bona fide faces and print / replay presentation attacks.
+
+    A small analogue of CASIA-SURF for the OS-MD paper's Table 1 (RGB-D; depth privileged, RGB at test time)
+    and Table 3 (RGB-IR). Images are ``size x size``, values in ``[0, 1]``; the grid spans ``[-1, 1]``.
+    Constants are :data:`SPOOF_MODEL`; ``[lo, hi]`` below means a per-row uniform draw.
+
+    * **Bona fide** (label 1): a face-like 3-D surface, an ellipse of random centre, size and roll whose
+      height is a dome (``sqrt(1 - r^2)``) plus a nose bump minus eye sockets. ``depth`` = its height map
+      (scaled, over a far background at 0.04); ``rgb`` = a skin-tone albedo with dark eyes and a red mouth,
+      Lambert-shaded under a random light direction with ambient light, over a random background colour with a
+      gradient, times a random exposure; ``ir`` = grey skin shaded by an IR light at the camera (``n_z``).
+    * **Attacks** (label 0): the picture of another face drawn exactly like a bona fide ``rgb``, shown on a
+      medium that fills the frame: ``print`` (paper, possibly slightly bent) or ``replay`` (a flat screen).
+      ``depth`` = a tilted plane (plus the bend for print), with no face relief. ``rgb`` = the picture
+      with recapture artefacts whose strength is ``v = attack_visibility``: print blends the picture with its
+      Gaussian blur (weight ``v``), scales its contrast by ``1 - 0.4 v`` and casts a colour (``x (1 + v c)``);
+      replay adds coloured moire fringes of amplitude ``0.12 v`` and a blue tint and glow. ``ir``: paper
+      reflects IR with the picture's luminance showing through; a screen is dark in IR.
+    * Sensor noise is added to every image (rgb 0.02, depth 0.015, ir 0.02), then values are clipped.
+
+    Ground truth: at ``attack_visibility=0`` the ``rgb`` of an attack has exactly the distribution of a bona fide
+    ``rgb``, so RGB carries no information about the label; the artefacts grow linearly with ``v``. Depth
+    separates the classes almost perfectly at every ``v``; ``attack_visibility`` touches RGB only.
+
+    Rows: per split, ``round(attack_ratio * n)`` attacks (half rounds up), alternately print and replay (print
+    gets the odd one), at seeded positions. Seeds as for the other generators (module docstring; no structure is
+    shared between splits). Every draw is made for every row whatever the options, so for one seed changing
+    ``attack_visibility`` changes only the attacks' artefacts, ``ir`` only whether the ``ir`` column exists, and
+    ``attack_ratio`` only which rows are attacks (a larger ratio turns more rows into attacks).
+
+    Returns:
+        :class:`SpoofData` with ``class_names = ['attack', 'bona_fide']`` and ``meta`` holding
+        ``generator='spoof'``, ``paper``, ``params``, ``shapes`` (per image column), ``label_rule``,
+        ``attack_types``, ``counts`` (rows per split and attack type), ``attack_visibility``, ``artefacts``
+        (what each attack type does to the rgb at this visibility), ``rgb_information``, ``model``
+        (:data:`SPOOF_MODEL`), ``n``, ``split_seeds`` and ``seeding``.
+
+    Raises:
+        SynthConfigError (a ``ValueError``): an option of the wrong type or out of its range.
+    """
+    params: dict[str, Any] = {
+        "size": size, "attack_ratio": attack_ratio, "attack_visibility": attack_visibility, "ir": ir,
+        "n_train": n_train, "n_val": n_val, "n_test": n_test, "seed": seed, "train_seed": train_seed,
+        "val_seed": val_seed, "test_seed": test_seed,
+    }  # fmt: skip
+    size = _check_int("size", size, 4)
+    ratio = _check_float("attack_ratio", attack_ratio)
+    if not 0.0 <= ratio <= 1.0:
+        raise SynthConfigError(f"Option attack_ratio must lie in [0, 1], got {ratio}.")
+    v = _check_float("attack_visibility", attack_visibility)
+    if not 0.0 <= v <= 1.0:
+        raise SynthConfigError(f"Option attack_visibility must lie in [0, 1], got {v}.")
+    if not isinstance(ir, (bool, np.bool_)):
+        raise SynthConfigError(f"Option ir must be a bool, got {ir!r}.")
+    sizes = {s: _check_int(f"n_{s}", val) for s, val in zip(SPLITS, (n_train, n_val, n_test), strict=True)}
+
+    _, streams = _seed_streams(seed, train_seed, val_seed, test_seed)
+    parts = [_spoof_split(sizes[s], streams[s], size, ratio, v, bool(ir)) for s in SPLITS]
+    rgb, depth, ir_img, kind = (
+        None if parts[0][i] is None else np.concatenate([p[i] for p in parts], axis=0) for i in range(4)
+    )
+    split_arr, ids = _split_and_ids(sizes)
+    shapes = {"rgb": [3, size, size], "depth": [1, size, size]}
+    if ir:
+        shapes["ir"] = [1, size, size]
+    m = SPOOF_MODEL
+    meta: dict[str, Any] = {
+        "generator": "spoof",
+        "paper": "OS-MD Table 1 (RGB-D) / Table 3 (RGB-IR) analogue: CASIA-SURF-like face anti-spoofing",
+        "params": _plain(params),
+        "shapes": shapes,
+        "label_rule": "1 = bona fide (a live face: 3-D surface), 0 = attack (a picture on a flat or bent medium)",
+        "attack_types": list(ATTACK_TYPES[1:]),
+        "counts": {
+            s: {t: int(np.sum(p[3] == i)) for i, t in enumerate(ATTACK_TYPES)}
+            for s, p in zip(SPLITS, parts, strict=True)
+        },
+        "attack_visibility": v,
+        "artefacts": {
+            "print": {
+                "blur": f"mix(picture, gaussian_blur(picture, sigma={m['print_blur_sigma']} px), weight {v})",
+                "contrast_factor": 1 - m["print_contrast_loss"] * v,
+                "colour_cast": f"x * (1 + {v} c), c ~ N({m['print_cast']}, {m['print_cast_jitter']}^2)",
+                "depth": "tilted plane, bent by U(0, 0.12) along a random axis",
+            },
+            "replay": {
+                "moire_amplitude": m["replay_moire"] * v,
+                "moire_period_px": m["replay_moire_period"],
+                "tint": [t * v for t in m["replay_tint"]],
+                "glow": m["replay_glow"] * v,
+                "depth": "tilted plane",
+            },
+        },
+        "rgb_information": "none at attack_visibility 0 (attack rgb ~ bona fide rgb); grows with attack_visibility",
+        "model": m,
+        "n": dict(sizes),
+        "split_seeds": {"train": train_seed, "val": val_seed, "test": test_seed},
+        "seeding": "split streams = SeedSequence(seed).spawn(4)[1:] (the structure stream is unused)",
+    }
+    return SpoofData(
+        rgb=rgb,
+        depth=depth,
+        ir=ir_img,
+        label=(kind == 0).astype(np.int64),
+        attack_type=np.asarray(ATTACK_TYPES, dtype=str)[kind],
+        split=split_arr,
+        ids=ids,
+        class_names=list(SPOOF_CLASS_NAMES),
         meta=meta,
     )

@@ -15,7 +15,7 @@ from cmkdtool.options import check, ints_field, opt, parse_batch_size
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-SELECTS = ("best", "last")
+SELECTS = ("best", "last", "acer")
 
 
 @dataclass
@@ -49,7 +49,10 @@ class TrainConfig:
     warmup_epochs: int = opt(0, "Epochs of linear learning-rate warm-up (onecycle: of its rise).", ge=0)
     clip_grad: float | None = opt(None, "Clip the global gradient norm to this value (> 0; off by default).", gt=0)
     select: str = opt(
-        "best", "Keep the 'best' epoch on the val split (accuracy, or mAP) or the 'last'.", choices=SELECTS
+        "best",
+        "Keep the 'best' epoch on the val split (accuracy, or mAP), the 'last', or with 'acer' the lowest val ACER "
+        "(two-class presentation-attack tasks: bona fide = class 1, threshold 0.5; ISO/IEC 30107-3).",
+        choices=SELECTS,
     )
     seed: int = field(default=0, metadata={"cli": None, "ge": 0})  # set from --seed
     precision: str = field(default="fp32", metadata={"cli": None, "choices": PRECISIONS[1:]})  # from --precision

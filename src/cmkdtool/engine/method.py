@@ -83,6 +83,7 @@ class Method(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.loss_weights: dict[str, float] = {}
+        self.select = "best"  # the trainer's --select: 'acer' asks validate for the val ACER (see TaskMethod)
 
     # ---- parameters and optimizers ---------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ from cmkdtool.engine.device import autocast
 from cmkdtool.engine.distributed import SINGLE, DistContext
 from cmkdtool.engine.method import Batch, Method, Step
 from cmkdtool.engine.optim import make_optimizer, make_own_optimizer, make_schedule
-from cmkdtool.errors import CmkdError
+from cmkdtool.errors import CmkdError, CmkdUsageError
 
 STATE_INTERVAL_S = 10.0  # at most one training-state save per this many seconds (plus the first and last epoch)
 MAIN = "main"  # the name of the engine's optimizer in the training state
@@ -83,7 +83,10 @@ class Trainer:
         self.train_idx, self.val_idx = data.index("train"), data.index("val")
         if len(self.train_idx) == 0:
             raise CmkdError(f"{data.source}: the train split is empty; add a 'split' column or change --split-ratio")
-        self.select = cfg.select
+        if cfg.select == "acer" and (data.task != "multiclass" or data.num_classes != 2):
+            raise CmkdUsageError("--select acer needs a two-class table (bona fide = class 1); use --select best")
+        method.select = cfg.select  # the method computes the metric it is selected on (val ACER for 'acer')
+        self.select = "best" if cfg.select == "acer" else cfg.select
         if self.select == "best" and len(self.val_idx) == 0:
             self.select = "last"
             if not quiet and dist.is_main:

@@ -42,7 +42,7 @@ class JointAlignment(TaskMethod):
         Eq. 28 distance between the two networks' outputs (``dist``): how well the alignment went."""
         la, _ = predict(self.student.a, data, index, precision=precision, batch_size=batch_size)
         lb, _ = predict(self.student.b, data, index, precision=precision, batch_size=batch_size)
-        out = logit_metrics(la, data.target[index], data.task)
+        out = logit_metrics(la, data.target[index], data.task, acer=self.select == "acer")
         if data.task != "multilabel":
             out["accuracy_b"] = float((lb.argmax(1) == data.target[index]).float().mean())
         out["dist"] = float(logit_distance(la, lb, self.distance))

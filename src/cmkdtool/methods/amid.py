@@ -238,7 +238,7 @@ class AMID(Distiller):
             self.lam.copy_(lam)
 
     def validate(self, data: TensorData, index: Tensor, precision: str, batch_size: int) -> dict[str, float]:
-        out = val_metrics(self.student, data, index, precision, batch_size)
+        out = val_metrics(self.student, data, index, precision, batch_size, acer=self.select == "acer")
 
         def run(rows: Tensor) -> Tensor:
             with autocast(precision, data.device):

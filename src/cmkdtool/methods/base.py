@@ -37,14 +37,19 @@ def selection_key(task: str | None) -> str:
     return "map" if task == "multilabel" else "accuracy"
 
 
-def val_metrics(model: nn.Module, data: TensorData, index: Tensor, precision: str, batch_size: int) -> dict:
-    """Task loss and the selection metric (accuracy, or mAP for multi-label) of ``model`` on rows ``index``."""
+def val_metrics(
+    model: nn.Module, data: TensorData, index: Tensor, precision: str, batch_size: int, acer: bool = False
+) -> dict:
+    """Task loss and the selection metric (accuracy, or mAP for multi-label; ``acer``: also the ACER) of ``model``
+    on rows ``index``."""
     logits, _ = predict(model, data, index, precision=precision, batch_size=batch_size)
-    return logit_metrics(logits, data.target[index], data.task)
+    return logit_metrics(logits, data.target[index], data.task, acer)
 
 
-def logit_metrics(logits: Tensor, target: Tensor, task: str | None) -> dict:
-    """Task loss and the selection metric (accuracy, or mAP for multi-label) of ``logits`` against ``target``."""
+def logit_metrics(logits: Tensor, target: Tensor, task: str | None, acer: bool = False) -> dict:
+    """Task loss and the selection metric (accuracy, or mAP for multi-label) of ``logits`` against ``target``;
+    with ``acer`` also the ISO/IEC 30107-3 ACER of a two-class presentation-attack task (bona fide = class 1,
+    threshold 0.5; ``analysis.pad``)."""
     out = {"loss": task_loss(logits, target, task)}
     if task == "multilabel":
         from cmkdtool.analysis.metrics import multilabel_metrics
@@ -52,6 +57,10 @@ def logit_metrics(logits: Tensor, target: Tensor, task: str | None) -> dict:
         out["map"] = multilabel_metrics(target.cpu().numpy(), logits.cpu().numpy())["map"]
     else:
         out["accuracy"] = (logits.argmax(1) == target).float().mean()
+    if acer:
+        from cmkdtool.analysis.pad import bona_fide_scores, pad_metrics
+
+        out["acer"] = pad_metrics(bona_fide_scores(logits.float().cpu().numpy()), target.cpu().numpy())["acer"]
     return {k: float(v) for k, v in out.items()}
 
 
@@ -60,10 +69,10 @@ class TaskMethod(Method):
     (mAP for multi-label), the best epoch picked by accuracy (mAP)."""
 
     def validate(self, data: TensorData, index: Tensor, precision: str, batch_size: int) -> dict[str, float]:
-        return val_metrics(self.student, data, index, precision, batch_size)
+        return val_metrics(self.student, data, index, precision, batch_size, acer=self.select == "acer")
 
     def selection(self, task: str | None) -> tuple[str, bool]:
-        return selection_key(task), True
+        return ("acer", False) if self.select == "acer" else (selection_key(task), True)
 
 
 @dataclass

@@ -112,9 +112,9 @@ class Hallucinate(Distiller):
             comp.encoders["shared"].eval()
 
     def validate(self, data: TensorData, index: Tensor, precision: str, batch_size: int) -> dict[str, float]:
-        out = val_metrics(self.student, data, index, precision, batch_size)
+        out = val_metrics(self.student, data, index, precision, batch_size, acer=self.select == "acer")
         if self.stage == 1:  # the head is untrained: not a candidate for the best epoch
-            out = {**out, "accuracy": math.nan, "loss": math.inf}
+            out = {**out, "accuracy": math.nan, "loss": math.inf, **({"acer": math.nan} if "acer" in out else {})}
         return out
 
     def _imitation(self, u: Tensor, target: Tensor) -> Tensor:
