@@ -128,6 +128,12 @@ class Method(nn.Module):
 
     # ---- the epoch -------------------------------------------------------------------------------------
 
+    def configure(self, cfg) -> None:
+        """Called once by the trainer with its ``TrainConfig`` before ``setup``: a method may refuse settings it
+        cannot train with (a usage error) or read them. Default: keep ``cfg.select`` ('acer' asks ``validate``
+        for the val ACER)."""
+        self.select = cfg.select
+
     def setup(self, data: TensorData) -> None:
         """Called once before training (e.g. to cache frozen-teacher outputs on the device)."""
 

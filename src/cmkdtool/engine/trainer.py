@@ -85,7 +85,7 @@ class Trainer:
             raise CmkdError(f"{data.source}: the train split is empty; add a 'split' column or change --split-ratio")
         if cfg.select == "acer" and (data.task != "multiclass" or data.num_classes != 2):
             raise CmkdUsageError("--select acer needs a two-class table (bona fide = class 1); use --select best")
-        method.select = cfg.select  # the method computes the metric it is selected on (val ACER for 'acer')
+        method.configure(cfg)  # the method computes the metric it is selected on (val ACER for 'acer')
         self.select = "best" if cfg.select == "acer" else cfg.select
         if self.select == "best" and len(self.val_idx) == 0:
             self.select = "last"

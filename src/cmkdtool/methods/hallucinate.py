@@ -87,6 +87,14 @@ class Hallucinate(Distiller):
     def teacher_layers(self) -> list[str]:
         return [self.params.teacher_layer]
 
+    def configure(self, cfg) -> None:
+        super().configure(cfg)
+        if cfg.epochs <= self.params.stage1_epochs:
+            raise CmkdUsageError(
+                f"--epochs {cfg.epochs} leaves no stage 2 after --stage1-epochs {self.params.stage1_epochs} (the "
+                "fusion and head would stay untrained); raise --epochs or lower --stage1-epochs"
+            )
+
     def frozen_modules(self) -> list[nn.Module]:
         return [*super().frozen_modules(), self.student.encoders["ordinary"]]  # phi_o as pretrained, in eval mode
 
