@@ -396,3 +396,29 @@ def test_teacher_layer_with_a_new_hallucination_head_runs(mfh_table, ckpts, tmp_
     out = _distill(mfh_table, ckpts, tmp_path / "s.safetensors", "--epochs", "1", "--teacher-layer",
                    "encoders.xa.1", "--hallucination-head", "new")  # fmt: skip
     assert set(AUX_TERMS) <= history(out)[0].keys()
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "terms", "fuse"),
+    [
+        ("--jdn", "none", {"train/ce", "train/ctn"}, "average"),
+        ("--jdn", "fkd", {"train/ce", "train/fkd", "train/ctn"}, "average"),
+        ("--jdn", "rkd", {"train/ce", "train/rkd", "train/ctn"}, "average"),
+        ("--ctn", "none", {"train/ce", "train/mmd", "train/kl"}, "concat"),
+        ("--ctn", "ae", {"train/ce", "train/mmd", "train/kl", "train/ctn"}, "concat"),
+    ],
+)
+def test_ablations_of_tables_4_and_5(mfh_table, ckpts, tmp_path, option, value, terms, fuse):
+    """Table 4 (the JDN removed or replaced by feature KD / RKD) and Table 5 (the CTN removed, or replaced by an
+    autoencoder translation with the encoders' features concatenated)."""
+    out = _distill(mfh_table, ckpts, tmp_path / "s.safetensors", "--epochs", "2", option, value)
+    hist = history(out)
+    for row in hist:
+        assert {k for k in row if k.startswith("train/") and k not in ("train/loss", "train/alpha", "train/beta")} == (
+            terms
+        )
+        if value == "none":  # one auxiliary term left: GradNorm has nothing to balance, the weights stay S/2
+            assert row["train/alpha"] == pytest.approx(0.1) and row["train/beta"] == pytest.approx(0.1)
+    weights, spec, _ = read_checkpoint(out)
+    assert spec["ctn"]["fuse"] == fuse
+    assert not any(k.startswith("autoencoder") for k in weights)  # training only

@@ -18,11 +18,14 @@ from cmkdtool.errors import CmkdUsageError
 from cmkdtool.losses.gradnorm import adam_update, gradnorm_weight_grad, renormalise
 from cmkdtool.losses.kd import kd_kl, soft_bce_kd
 from cmkdtool.losses.mmd import mmd_multi_kernel
+from cmkdtool.losses.relational import rkd
 from cmkdtool.losses.task import task_loss
 from cmkdtool.methods.base import DistillContext, Distiller
 from cmkdtool.methods.registry import register
 from cmkdtool.nn.composite import FUSES, CompositeModel, composite_spec
 from cmkdtool.options import opt
+
+JDN_TERMS = ("mmd", "kl", "fkd", "rkd")  # the JDN's terms (fkd, rkd: Table 4's replacements), weighted by alpha
 
 
 @dataclass
@@ -56,7 +59,19 @@ class OSMDParams:
     ctn_fuse: str = opt(
         "average",
         "CTN fusion: average (the authors' Cross_Translation) or concat4 (the paper's text; O8).",
-        choices=FUSES,
+        choices=FUSES[:2],
+    )
+    jdn: str = opt(
+        "full",
+        "Joint adaptation: full (MMD + KL, Eqs. 1-7), none, or replaced by fkd (feature MSE) or rkd (RKD 25/50) "
+        "between P(z_s) and z_p (Table 4's ablation).",
+        choices=("full", "none", "fkd", "rkd"),
+    )
+    ctn: str = opt(
+        "translate",
+        "Cross translation: translate (Eq. 8 and the CTN fusion), none (the encoders' features concatenated, no "
+        "translation loss), or ae (concatenated, plus an autoencoder AE(z_s) ~ z_o with MSE) (Table 5's ablation).",
+        choices=("translate", "none", "ae"),
     )
     ctn_bn: bool = opt(False, "BatchNorm in the transform blocks (paper text; the code has none; O5).")
     freeze_ordinary: bool = opt(False, "Keep phi_o fixed (O6; default: fine-tuned, the one-stage reading).")
@@ -118,7 +133,8 @@ class OSMD(Distiller):
 
     def __init__(self, student, teacher, ordinary, params: OSMDParams, task: str, cache_teacher: bool = True):
         super().__init__(student, teacher, params, task, cache_teacher)
-        comp = composite_student(student, ordinary, task, params.ctn_fuse, params.ctn_bn, params.freeze_ordinary)
+        fuse = params.ctn_fuse if params.ctn == "translate" else "concat"
+        comp = composite_student(student, ordinary, task, fuse, params.ctn_bn, params.freeze_ordinary)
         self.student = comp
         d, d_p = comp.embed_dim, teacher.layer_width(params.teacher_layer)
         self.projector = nn.Linear(d, d_p) if d != d_p else nn.Identity()
@@ -132,6 +148,12 @@ class OSMD(Distiller):
             self.hallucination = head.requires_grad_(True)
         else:
             self.hallucination = nn.Linear(d_p, comp.layer_width("logits"))
+        half = max(1, comp.embed_dim // 2)
+        self.autoencoder = (
+            nn.Sequential(nn.Linear(comp.embed_dim, half), nn.ReLU(), nn.Linear(half, comp.embed_dim))
+            if params.ctn == "ae"
+            else None
+        )
         self.shared_weight = _last_weight(comp.encoders["shared"])
         start = (
             [params.jdn_weight, params.ctn_weight]
@@ -149,7 +171,7 @@ class OSMD(Distiller):
 
     def _bind_weights(self) -> None:
         """loss_weights read the live buffer (views), so an update of w applies from the next use."""
-        self.loss_weights.update(mmd=self.w[0], kl=self.w[0], ctn=self.w[1])
+        self.loss_weights.update({k: self.w[0] for k in JDN_TERMS}, ctn=self.w[1])
 
     def _apply(self, fn, recurse=True):  # .to(device) replaces the buffer: bind the views again
         out = super()._apply(fn, recurse)
@@ -183,25 +205,34 @@ class OSMD(Distiller):
             kl = soft_bce_kd(gamma_s, teacher["logits"], p.kl_temperature)
         else:
             kl = kd_kl(gamma_s, teacher["logits"], p.kl_temperature)
-        terms = {
-            "ce": task_loss(parts["logits"], batch.target, self.task),
-            "mmd": mmd_multi_kernel(u, teacher[p.teacher_layer], p.mmd_mul, p.mmd_kernels, p.mmd_bandwidth),
-            "kl": kl,
-            "ctn": F.mse_loss(parts["t1_s"], parts["t1_o"]) + F.mse_loss(parts["t2_s"], parts["t2_o"]),
-        }
+        z_p = teacher[p.teacher_layer]
+        terms = {"ce": task_loss(parts["logits"], batch.target, self.task)}
+        if p.jdn == "full":
+            terms["mmd"] = mmd_multi_kernel(u, z_p, p.mmd_mul, p.mmd_kernels, p.mmd_bandwidth)
+            terms["kl"] = kl
+        elif p.jdn == "fkd":
+            terms["fkd"] = F.mse_loss(u, z_p)
+        elif p.jdn == "rkd":
+            terms["rkd"] = rkd(u, z_p)
+        if p.ctn == "translate":
+            terms["ctn"] = F.mse_loss(parts["t1_s"], parts["t1_o"]) + F.mse_loss(parts["t2_s"], parts["t2_o"])
+        elif p.ctn == "ae":
+            terms["ctn"] = F.mse_loss(self.autoencoder(parts["z_s"]), parts["z_o"])
         if p.balance == "magnitude":
             with torch.no_grad():
                 ce = terms["ce"].detach().float()
-                jdn = (terms["mmd"] + terms["kl"]).detach().float()
-                aux = torch.stack([jdn, terms["ctn"].detach().float()]).clamp(min=1e-12)
+                aux = torch.stack([self._jdn(terms).detach().float(), self._ctn(terms).detach().float()])
+                aux = aux.clamp(min=1e-12)
                 self.w.copy_((0.1 * ce / aux).clamp(max=1.0))  # capped: a collapsed CTN (L -> 0) gets weight 1
         return Step(terms)
 
     def backward(self, loss: Tensor, terms: dict[str, Tensor], scale) -> None:
-        if self.params.balance == "gradnorm" and self.shared_weight.requires_grad:
+        p = self.params
+        both = p.jdn != "none" and p.ctn != "none"  # GradNorm balances two terms; with one ablated, w stays S/2
+        if p.balance == "gradnorm" and both and self.shared_weight.requires_grad:
             w = self.shared_weight
             norms = []
-            for aux in (terms["mmd"] + terms["kl"], terms["ctn"]):
+            for aux in (self._jdn(terms), self._ctn(terms)):
                 (g,) = torch.autograd.grad(aux, w, retain_graph=True, allow_unused=True)
                 norms.append(torch.zeros((), device=w.device) if g is None else g.float().norm())
             self._grad_norms = torch.stack(norms)
@@ -212,7 +243,7 @@ class OSMD(Distiller):
         if self.params.balance != "gradnorm" or self._grad_norms is None:
             return
         t = step.terms
-        losses = torch.stack([(t["mmd"] + t["kl"]).detach().float(), t["ctn"].detach().float()])
+        losses = torch.stack([self._jdn(t).detach().float(), self._ctn(t).detach().float()])
         self.loss0.copy_(torch.where(self.loss0 < 0, losses, self.loss0))
         # GradNorm's own scale: weights summing to the number of tasks (2), where its learning rate was set; the
         # loss weights are those scaled to --aux-weight-sum (a uniform scale leaves the update's signs unchanged)
@@ -223,6 +254,14 @@ class OSMD(Distiller):
         adam_update(wn, grad, self.adam_m, self.adam_v, self.adam_step, self.params.gradnorm_lr)
         self.w.copy_(renormalise(wn, tasks) * (total / tasks))
         self._grad_norms = None
+
+    def _jdn(self, terms: dict[str, Tensor]) -> Tensor:
+        """L_JDN of the step (0 when ablated)."""
+        parts = [terms[k] for k in JDN_TERMS if k in terms]
+        return sum(parts[1:], parts[0]) if parts else terms["ce"].new_zeros(())
+
+    def _ctn(self, terms: dict[str, Tensor]) -> Tensor:
+        return terms["ctn"] if "ctn" in terms else terms["ce"].new_zeros(())
 
     def on_epoch_end(self, epoch: int, metrics: dict) -> None:
         metrics["train/alpha"], metrics["train/beta"] = float(self.w[0]), float(self.w[1])

@@ -8,14 +8,15 @@ Spec (``kind: "composite"``; see docs/formats.md)::
     inputs        [{"name": column, "shape": [..]}]     exactly one column
     ordinary      encoder spec of phi_o: arch, channels, hidden, activation, dropout, batch_norm
     shared        encoder spec of phi_s (same keys)
-    ctn           {"fuse": "average" | "concat4", "bn": bool, "activation": ...}
+    ctn           {"fuse": "average" | "concat4" | "concat", "bn": bool, "activation": ...}
     head_hidden, num_classes, task, class_names, role  as for the plain models
 
 Forward: ``z_o = phi_o(n_o(x))``, ``z_s = phi_s(n_s(x))`` (each encoder keeps its own input standardisation:
 phi_o's from its checkpoint, phi_s's from this table's train split), ``T_k(z) = act(Linear(D, D/2) z)`` (``k =
 1, 2``, each applied to both), fusion ``average`` (the authors' ``Cross_Translation``): ``act(W cat((T1 z_o +
 T1 z_s)/2, (T2 z_s + T2 z_o)/2))``, or ``concat4`` (the paper's text): ``act(W cat(T1 z_o, T1 z_s, T2 z_o, T2
-z_s))``; the fused ``D``-vector is the *embedding*, the head maps it to logits. Layers: ``input.<col>``,
+z_s))``, or ``concat`` (no translation, Table 5's ablation): ``act(W cat(z_o, z_s))``; the fused ``D``-vector is
+the *embedding*, the head maps it to logits. Layers: ``input.<col>``,
 ``encoders.ordinary.<i>``, ``encoders.shared.<i>``, ``ctn.t1``, ``ctn.t2``, ``ctn.fuse``, ``embedding``,
 ``head.<i>``, ``logits``. Channel masks are not supported on composite models.
 """
@@ -32,7 +33,7 @@ from cmkdtool.nn.models import ACTIVATIONS, Standardize, encoder, mlp, trunk_sha
 from cmkdtool.nn.specs import ARCHS
 
 ENCODER_KEYS = ("arch", "channels", "hidden", "activation", "dropout", "batch_norm")
-FUSES = ("average", "concat4")
+FUSES = ("average", "concat4", "concat")
 BRANCHES = ("ordinary", "shared")
 
 
@@ -64,17 +65,18 @@ class CTN(nn.Module):
         self.t1 = Transform(dim, activation, bn)
         self.t2 = Transform(dim, activation, bn)
         half = max(1, dim // 2)
-        self.fuse = nn.Sequential(
-            nn.Linear(2 * half if fuse == "average" else 4 * half, dim), ACTIVATIONS[activation]()
-        )
+        width = {"average": 2 * half, "concat4": 4 * half, "concat": 2 * dim}[fuse]
+        self.fuse = nn.Sequential(nn.Linear(width, dim), ACTIVATIONS[activation]())
 
     def parts(self, z_o: Tensor, z_s: Tensor) -> dict[str, Tensor]:
         """The transformed features and the fused embedding."""
         t1o, t1s, t2o, t2s = self.t1(z_o), self.t1(z_s), self.t2(z_o), self.t2(z_s)
         if self.fuse_mode == "average":
             joint = torch.cat([(t1o + t1s) / 2, (t2s + t2o) / 2], dim=1)
-        else:
+        elif self.fuse_mode == "concat4":
             joint = torch.cat([t1o, t1s, t2o, t2s], dim=1)
+        else:  # no translation (OS-MD Table 5's "-CTN"): the two encoders' features side by side
+            joint = torch.cat([z_o, z_s], dim=1)
         return {"t1_o": t1o, "t1_s": t1s, "t2_o": t2o, "t2_s": t2s, "embedding": self.fuse(joint)}
 
 
