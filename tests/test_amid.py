@@ -533,50 +533,22 @@ def test_amid_saves_the_student_alone(amid_run, mfh_table, tmp_path):
     assert [i["name"] for i in spec["inputs"]] == ["xb"]
 
 
-def test_resume_is_bit_identical_with_the_discriminators_and_weights(mfh_table, tmp_path, monkeypatch):
+def test_resume_is_bit_identical_with_the_discriminators_and_weights(mfh_table, tmp_path, resume_check):
     """Interrupted after epoch 4 of 5 (AMID from epoch 3, lam already moved), the run resumes to the
     uninterrupted run's weights, history and final training state (disc optimizer, lt, lam included)."""
-    from cmkdtool.engine import trainer as loop
-    from cmkdtool.engine.state import load_state
-
-    monkeypatch.setattr(loop, "STATE_INTERVAL_S", 0.0)
     args = ["distill", "amid", mfh_table, "-i", "xb", "--aux", "xa", *SMALL, "--dropout", "0.3",
             "--epochs", "5", "--adv-start", "2"]  # fmt: skip
     full, part = tmp_path / "full" / "s.safetensors", tmp_path / "part" / "s.safetensors"
     full.parent.mkdir()
     part.parent.mkdir()
     run(*args, "-o", full)
-
-    real_save = loop.Trainer.save
-
-    def save_then_stop(self, epoch):
-        real_save(self, epoch)
-        if epoch == 4:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(loop.Trainer, "save", save_then_stop)
-    stopped = runner.invoke(app, [str(a) for a in [*args, "-o", part]])
-    assert stopped.exit_code == 130 and not part.exists(), stopped.output
-    saved, header = load_state(f"{part}.state.safetensors")
-    assert header["epoch"] == 4
+    saved, _ = resume_check.interrupt(args, part, 4)
     assert any(k.startswith("optim.disc.") for k in saved)
     assert {"model.lt", "model.lam"} <= set(saved)
     assert saved["model.lam"].tolist() != pytest.approx(LAM0, abs=1e-4)  # the dynamics are under way
-
-    monkeypatch.setattr(loop.Trainer, "save", real_save)
-    run(*args, "--resume", "-o", part)
-    a, b = read_checkpoint(full)[0], read_checkpoint(part)[0]
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-    assert history(full) == history(part)
-    assert [r["epoch"] for r in history(part)] == [1, 2, 3, 4, 5]
-    (sa, ha), (sb, hb) = load_state(f"{full}.state.safetensors"), load_state(f"{part}.state.safetensors")
-    assert sa.keys() == sb.keys() and ha["epoch"] == hb["epoch"] == 5
-    for k in sa:
-        assert torch.equal(sa[k], sb[k]), k
-    assert ha["optimizers"]["disc"] == hb["optimizers"]["disc"]
-    assert not torch.equal(sa["model.lam"], saved["model.lam"])
+    final, header = resume_check.resume_and_compare(args, full, part, 5)
+    assert "disc" in header["optimizers"]
+    assert not torch.equal(final["model.lam"], saved["model.lam"])
 
 
 # ---------------------------------------------------------------- errors

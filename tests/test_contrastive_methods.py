@@ -199,50 +199,21 @@ def test_shared_and_sampled_negatives_start_at_the_same_order(mfh_table, teacher
     ("method", "extra"),
     [("crd", []), ("crd", ["--negatives", "shared", "--mode", "relax"]), ("crcd", [])],
 )
-def test_resume_is_bit_identical_with_the_memory_banks(mfh_table, teacher, tmp_path, monkeypatch, method, extra):
+def test_resume_is_bit_identical_with_the_memory_banks(mfh_table, teacher, tmp_path, resume_check, method, extra):
     """Interrupted after epoch 2 of 4, the run resumes from its training state (memory banks and Z included) to
     the uninterrupted run's weights, history and final training state."""
-    from cmkdtool.engine import trainer as loop
-    from cmkdtool.engine.state import load_state
-
-    monkeypatch.setattr(loop, "STATE_INTERVAL_S", 0.0)  # a state after every epoch: no reliance on wall time
     args = ["distill", method, mfh_table, "-t", teacher, "-i", "xa", "--arch", "mlp", "--hidden", "8",
             "--epochs", "4", "--lr", "0.01", "--dropout", "0.3", *CHEAP[method], *extra, "-q"]  # fmt: skip
     full, part = tmp_path / "full" / "s.safetensors", tmp_path / "part" / "s.safetensors"
     full.parent.mkdir()
     part.parent.mkdir()
     run(*args, "-o", full)
-
-    real_save = loop.Trainer.save
-
-    def save_then_stop(self, epoch):
-        real_save(self, epoch)
-        if epoch == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(loop.Trainer, "save", save_then_stop)
-    stopped = runner.invoke(app, [str(a) for a in [*args, "-o", part]])
-    assert stopped.exit_code == 130 and not part.exists(), stopped.output
-    saved, header = load_state(f"{part}.state.safetensors")
-    assert header["epoch"] == 2
+    saved, _ = resume_check.interrupt(args, part, 2)
     banks = {k for k in saved if "memory_student" in k or "memory_teacher" in k}
     assert banks == {"model.memory.memory_student", "model.memory.memory_teacher"}
     assert "model.memory.z" in saved and bool((saved["model.memory.z"] > 0).all())  # Z was set at the first step
-
-    monkeypatch.setattr(loop.Trainer, "save", real_save)
-    run(*args, "--resume", "-o", part)
-    a, b = tensors(full), tensors(part)
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-    assert history(full) == history(part)
-    assert [r["epoch"] for r in history(part)] == [1, 2, 3, 4]
-    # the final training states agree too: both banks, Z, heads, optimizer moments, RNG
-    (sa, ha), (sb, hb) = load_state(f"{full}.state.safetensors"), load_state(f"{part}.state.safetensors")
-    assert sa.keys() == sb.keys() and ha["epoch"] == hb["epoch"] == 4
-    for k in sa:
-        assert torch.equal(sa[k], sb[k]), k
-    assert not torch.equal(sa["model.memory.memory_student"], saved["model.memory.memory_student"])  # banks moved
+    final, _ = resume_check.resume_and_compare(args, full, part, 4)
+    assert not torch.equal(final["model.memory.memory_student"], saved["model.memory.memory_student"])  # moved
 
 
 def _refused(*args):

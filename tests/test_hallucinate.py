@@ -228,46 +228,19 @@ def _resume_args(mfh_table, ckpts):
 
 
 @pytest.mark.parametrize("stop", [2, 3], ids=["inside-stage1", "end-of-stage1"])
-def test_resume_is_bit_identical_across_the_stages(mfh_table, ckpts, adversarial_full, tmp_path, monkeypatch, stop):
+def test_resume_is_bit_identical_across_the_stages(mfh_table, ckpts, adversarial_full, tmp_path, resume_check, stop):
     """Interrupted after epoch ``stop`` (stage 1) of 5, the run resumes from its training state (the discriminator
     and its Adam state included) into stage 2 and ends with the uninterrupted run's weights, history and state."""
-    from cmkdtool.engine import trainer as loop
-    from cmkdtool.engine.state import load_state
-
-    monkeypatch.setattr(loop, "STATE_INTERVAL_S", 0.0)  # a state after every epoch: no reliance on wall time
     args = _resume_args(mfh_table, ckpts)
     full, part = adversarial_full, tmp_path / "s.safetensors"
-    real_save = loop.Trainer.save
-
-    def save_then_stop(self, epoch):
-        real_save(self, epoch)
-        if epoch == stop:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(loop.Trainer, "save", save_then_stop)
-    stopped = runner.invoke(app, [str(a) for a in [*args, "-o", part]])
-    assert stopped.exit_code == 130 and not part.exists(), stopped.output
-    saved, header = load_state(f"{part}.state.safetensors")
-    assert header["epoch"] == stop
+    saved, header = resume_check.interrupt(args, part, stop)
     disc = [k for k in saved if k.startswith("model.disc.")]
     assert disc and any(k.startswith("optim.disc.") for k in saved)
     assert "disc" in header["optimizers"]
-
-    monkeypatch.setattr(loop.Trainer, "save", real_save)
-    run(*args, "--resume", "-o", part)
-    a, b = tensors(full), tensors(part)
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-    assert history(full) == history(part)
-    assert [r["epoch"] for r in history(part)] == [1, 2, 3, 4, 5]
-    (sa, ha), (sb, hb) = load_state(f"{full}.state.safetensors"), load_state(f"{part}.state.safetensors")
-    assert sa.keys() == sb.keys() and ha["epoch"] == hb["epoch"] == 5
-    for k in sa:
-        assert torch.equal(sa[k], sb[k]), k
-    assert ha["best_epoch"] == hb["best_epoch"] >= 4
+    final, final_header = resume_check.resume_and_compare(args, full, part, 5)
+    assert final_header["best_epoch"] >= 4
     if stop == 2:  # the discriminator trained on after the resume (epoch 3), then stayed (stage 2)
-        assert any(not torch.equal(sb[k], saved[k]) for k in disc)
+        assert any(not torch.equal(final[k], saved[k]) for k in disc)
 
 
 # ---------------------------------------------------------------- usage errors

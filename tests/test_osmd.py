@@ -288,50 +288,22 @@ def test_fixed_and_magnitude_balance(mfh_table, ckpts, tmp_path, balance):
         assert hist[0]["train/alpha"] < 0.1
 
 
-def test_resume_is_bit_identical_with_the_gradnorm_state(mfh_table, ckpts, tmp_path, monkeypatch):
+def test_resume_is_bit_identical_with_the_gradnorm_state(mfh_table, ckpts, tmp_path, resume_check):
     """Interrupted after epoch 2 of 4, the run resumes from its training state (GradNorm's w, L(0) and Adam
     moments included) to the uninterrupted run's weights, history and final training state."""
-    from cmkdtool.engine import trainer as loop
-    from cmkdtool.engine.state import load_state
-
-    monkeypatch.setattr(loop, "STATE_INTERVAL_S", 0.0)  # a state after every epoch: no reliance on wall time
     args = ["distill", "osmd", mfh_table, "-t", ckpts["priv"], "--ordinary", ckpts["ord"], *STUDENT,
             "--epochs", "4", "--dropout", "0.3", "--balance", "gradnorm"]  # fmt: skip
     full, part = tmp_path / "full" / "s.safetensors", tmp_path / "part" / "s.safetensors"
     full.parent.mkdir()
     part.parent.mkdir()
     run(*args, "-o", full)
-
-    real_save = loop.Trainer.save
-
-    def save_then_stop(self, epoch):
-        real_save(self, epoch)
-        if epoch == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(loop.Trainer, "save", save_then_stop)
-    stopped = runner.invoke(app, [str(a) for a in [*args, "-o", part]])
-    assert stopped.exit_code == 130 and not part.exists(), stopped.output
-    saved, header = load_state(f"{part}.state.safetensors")
-    assert header["epoch"] == 2
+    saved, _ = resume_check.interrupt(args, part, 2)
     state = {"model.w", "model.loss0", "model.adam_m", "model.adam_v", "model.adam_step"}
     assert state <= set(saved), sorted(saved)
     assert float(saved["model.adam_step"]) > 0 and bool((saved["model.loss0"] > 0).all())
     assert float(saved["model.w"].sum()) == pytest.approx(0.2, rel=1e-5)
-
-    monkeypatch.setattr(loop.Trainer, "save", real_save)
-    run(*args, "--resume", "-o", part)
-    a, b = tensors(full), tensors(part)
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-    assert history(full) == history(part)
-    assert [r["epoch"] for r in history(part)] == [1, 2, 3, 4]
-    (sa, ha), (sb, hb) = load_state(f"{full}.state.safetensors"), load_state(f"{part}.state.safetensors")
-    assert sa.keys() == sb.keys() and ha["epoch"] == hb["epoch"] == 4
-    for k in sa:
-        assert torch.equal(sa[k], sb[k]), k
-    assert not torch.equal(sa["model.adam_m"], saved["model.adam_m"])  # GradNorm went on after the resume
+    final, _ = resume_check.resume_and_compare(args, full, part, 4)
+    assert not torch.equal(final["model.adam_m"], saved["model.adam_m"])  # GradNorm went on after the resume
 
 
 def test_freeze_ordinary_keeps_the_ordinary_encoder(mfh_table, ckpts, tmp_path):
