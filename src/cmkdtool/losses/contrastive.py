@@ -96,13 +96,19 @@ def crd_scores(anchor: Tensor, memory: Tensor, contrast_idx: Tensor, temperature
     (B, 1 + K) its row indices (column 0 the positive). RepDistiller ``ContrastMemory.forward``: ``out_v1`` =
     ``crd_scores(student_embedding, memory_teacher, idx, T)``, ``out_v2`` = ``crd_scores(teacher_embedding,
     memory_student, idx, T)``. The memory rows carry no gradient in the reference (they are buffers).
+
+    Two equal ways to compute it, whichever moves fewer numbers: gather the B x (1 + K) rows and take B batched
+    dot products (the reference), or, when the bank is not larger than what that gather would copy (N <= (1 + K)
+    d), score every row of the bank with one (B, d) x (d, N) product and pick the (B, 1 + K) entries.
     """
     _rows("anchor", anchor)
     _same_batch(("anchor", anchor), ("contrast_idx", contrast_idx))
     a, mem = _dtype(anchor), _dtype(memory)
     with torch.autocast(a.device.type, enabled=False):
+        if mem.shape[0] <= contrast_idx.shape[1] * mem.shape[1]:
+            return (a @ mem.T).gather(1, contrast_idx).div_(temperature).exp_()  # in place: fresh tensors
         weight = mem[contrast_idx]  # (B, 1 + K, d)
-        return torch.bmm(weight, a.unsqueeze(2)).squeeze(2).div_(temperature).exp_()  # in place: fresh tensors
+        return torch.bmm(weight, a.unsqueeze(2)).squeeze(2).div_(temperature).exp_()
 
 
 def crd_scores_shared(
