@@ -51,6 +51,7 @@ class MemoryDistiller(RelationalDistiller):
         self.embed_student = Embed(s_dim, params.feat_dim)
         self.embed_teacher = Embed(t_dim, params.feat_dim)
         self.memory: ContrastMemory | None = None
+        self._pending: tuple[Tensor, Tensor, Tensor] | None = None
         self.sampler: NegativeSampler | None = None
 
     def setup(self, data: TensorData) -> None:
@@ -75,8 +76,15 @@ class MemoryDistiller(RelationalDistiller):
         v_s, v_t = self.embed_student(student), self.embed_teacher(teacher)
         out_s, out_t = self.memory.normalise(*self.scores(v_s, v_t, batch))
         loss = crd_nce(out_s, self.memory.n_data) + crd_nce(out_t, self.memory.n_data)
-        self.memory.update(batch.index, v_s, v_t)
+        # the banks move after the backward pass (the scores may have been computed from the bank itself, which
+        # autograd keeps); the reference updates them in its forward, after scoring: the same values
+        self._pending = (batch.index, v_s.detach(), v_t.detach())
         return loss
+
+    def after_step(self, batch: Batch, step, index: int) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self.memory.update(*pending)
 
     def contrast_index(self, batch: Batch, k: int) -> Tensor:
         """(B, 1 + k): the positive (exact or relax) then k negatives per sample."""
