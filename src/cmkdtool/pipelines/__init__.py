@@ -7,7 +7,8 @@ methods write what the command writes (``.save``, ``.write``, ``.plot``), byte f
     cmkdtool spectrum IN... [-o S] [--plot P]         run_spectrum(IN, ...).results / .write(S) / .plot(P)
     cmkdtool fit-bottleneck T B TABLES -o OUT         run_fit_bottleneck(T, B, TABLES, dims, ...).save(OUT)
     cmkdtool rank-salience TABLES -a A -b B -o OUT    run_rank_salience(TABLES, A, B, ...).write(OUT)
-    cmkdtool synth mfh|orthogonal -o OUT              run_synth_mfh(...).write(OUT) / run_synth_orthogonal(...)
+    cmkdtool synth mfh|orthogonal|spoof -o OUT        run_synth_mfh(...).write(OUT) / run_synth_orthogonal(...) /
+                                                      run_synth_spoof(...)
     cmkdtool extract KIND SOURCE -o OUT               run_extract_table(KIND, SOURCE, extractor, OUT, ...) (streams)
     cmkdtool extract array SOURCE -o OUT              run_extract_array(SOURCE, ...).write(OUT)
 
@@ -29,6 +30,7 @@ _WHERE = {
     "run_rank_salience": "salience",
     "run_synth_mfh": "synth",
     "run_synth_orthogonal": "synth",
+    "run_synth_spoof": "synth",
     "run_extract_table": "extract",
     "run_extract_array": "extract",
     "open_checkpoint": "open",
