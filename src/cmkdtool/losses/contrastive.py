@@ -83,9 +83,10 @@ def crd_nce(scores: Tensor, n_data: int, eps: float = CRD_EPS) -> Tensor:
     x = _dtype(scores)
     b, k = x.shape[0], x.shape[1] - 1
     m = k / float(n_data)
-    # sum_b log D1 + sum_{b,k} log D0 = sum_b log x_b0 - sum_{b,k>=0} log(x_bk + m + eps) + B K log m: one pass
-    # over the (B, 1 + K) matrix and no slice of it (the same value; 3 element-wise passes fewer)
-    total = torch.log(x[:, 0]).sum() - torch.log(x + (m + eps)).sum() + b * k * math.log(m)
+    # sum_b log D1 + sum_{b,k} log D0 = -sum_{b,k>=0} log1p((x_bk + eps) / m) + sum_b (log x_b0 - log m): one pass
+    # over the (B, 1 + K) matrix and no slice of it; log1p keeps each small summand accurate (float32 included)
+    log_m = math.log(m)
+    total = (torch.log(x[:, 0]) - log_m).sum() - torch.log1p((x + eps) / m).sum()
     return -total / b
 
 
