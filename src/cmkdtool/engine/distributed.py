@@ -33,4 +33,15 @@ class DistContext:
 SINGLE = DistContext()
 """The context of a one-process run."""
 
-__all__ = ["SINGLE", "DistContext"]
+
+def launched_world_size() -> int:
+    """The number of processes a launcher (torchrun: ``WORLD_SIZE``) started; 1 without one."""
+    import os
+
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+__all__ = ["SINGLE", "DistContext", "launched_world_size"]

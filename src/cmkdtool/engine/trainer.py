@@ -26,7 +26,7 @@ from cmkdtool.engine import state as st
 from cmkdtool.engine.batches import BatchSource, IndexBatches
 from cmkdtool.engine.config import TrainConfig
 from cmkdtool.engine.device import autocast
-from cmkdtool.engine.distributed import SINGLE, DistContext
+from cmkdtool.engine.distributed import SINGLE, DistContext, launched_world_size
 from cmkdtool.engine.method import Batch, Method, Step
 from cmkdtool.engine.optim import make_optimizer, make_own_optimizer, make_schedule
 from cmkdtool.errors import CmkdError, CmkdUsageError
@@ -76,6 +76,11 @@ class Trainer:
         batches: BatchSource | None = None,
     ) -> None:
         cfg.validate()
+        if dist.world_size == 1 and launched_world_size() > 1:
+            raise CmkdUsageError(
+                f"launched as {launched_world_size()} processes (WORLD_SIZE), but multi-process training is not "
+                "supported yet: each process would train the whole problem and write the same files; run one process"
+            )
         self.method, self.data, self.cfg, self.quiet, self.desc = method, data, cfg, quiet, desc
         self.state_file, self.dist = state_file, dist
         self.device = data.device
