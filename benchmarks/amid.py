@@ -57,6 +57,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from baselines import add_run_options, finish  # noqa: E402  (the reproduction scripts' shared run options)
 
 # row: (label, kind, ablate, mi_loss); kind: pretrain-student, pretrain-teacher or amid
 ROWS = {
@@ -442,11 +443,7 @@ def main() -> None:
     ap.add_argument("--work", default="out/amid", help="work folder for the models (default out/amid)")
     ap.add_argument("--plots", default=None, help="folder of the PNGs (default docs/img; --quick: WORK/img)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 8 (mfh) / 6 (av) epochs, adv-start 3")
-    ap.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
-    ap.add_argument("--reuse", action="store_true", help="reuse finished runs in the work folder with the same "
-                    "settings")  # fmt: skip
-    ap.add_argument("--json", default=None, help="also write every run's record to this JSON file")
+    add_run_options(ap)
     args = ap.parse_args()
 
     try:  # av_digits: baselines.py's data preparation and shared settings
@@ -606,17 +603,7 @@ def main() -> None:
         print()
     if written:
         print("Figures and curves: " + ", ".join(f"`{w}`" for w in written) + "\n")
-    failed = [r for r in recs if "error" in r]
-    for r in failed:
-        print(f"- FAILED: {r['dataset']} {r['row']} seed {r['seed']}: {r['error'].strip().splitlines()[-1]}")
-    for r in recs:
-        if "error" not in r and not r["finite"]:
-            print(f"- non-finite training loss: {r['dataset']} {r['row']} seed {r['seed']}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(recs, indent=1, default=str))
-    sys.stdout.flush()
-    sys.exit(1 if failed else 0)
+    finish(recs, lambda r: f"{r['dataset']} {r['row']} seed {r['seed']}", args.json)
 
 
 if __name__ == "__main__":

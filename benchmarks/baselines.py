@@ -272,6 +272,31 @@ def print_table(teachers: list[dict], students: list[dict], methods: list[str]) 
     print()
 
 
+def add_run_options(ap: argparse.ArgumentParser) -> None:
+    """The options every reproduction script shares: worker processes, threads, reuse and the JSON record."""
+    ap.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
+    ap.add_argument("--reuse", action="store_true", help="reuse the models (and their metrics) of an earlier run in "
+                    "the work folder with the same settings, e.g. after an interruption")  # fmt: skip
+    ap.add_argument("--json", default=None, help="also write every run's record to this JSON file")
+
+
+def finish(recs: list[dict], name, json_path: str | None, record=None) -> None:
+    """List failed runs and non-finite losses (``name(rec)`` says which run), write ``record`` (default
+    ``recs``) to ``json_path`` and exit with 1 if a run failed."""
+    failed = [r for r in recs if "error" in r]
+    for r in failed:
+        print(f"- FAILED: {name(r)}: {r['error'].strip().splitlines()[-1]}")
+    for r in recs:
+        if "error" not in r and not r.get("finite", True):
+            print(f"- non-finite training loss: {name(r)}")
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(recs if record is None else record, indent=1, default=str))
+    sys.stdout.flush()
+    sys.exit(1 if failed else 0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
@@ -291,11 +316,7 @@ def main() -> None:
                     help="override crcd's --nce-k (default: its own, 500); noted in the output")  # fmt: skip
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 3 epochs, 10 teacher epochs, 30 pairs "
                     "per digit (explicit options still win)")  # fmt: skip
-    ap.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
-    ap.add_argument("--reuse", action="store_true", help="reuse the models (and their metrics) of an earlier run in "
-                    "the work folder with the same settings, e.g. after an interruption")  # fmt: skip
-    ap.add_argument("--json", default=None, help="also write every run's record to this JSON file")
+    add_run_options(ap)
     args = ap.parse_args()
 
     def pick(value, name, default):
@@ -404,17 +425,8 @@ def main() -> None:
         notes.append(f"`crcd` ran with `--nce-k {args.nce_k}` instead of its default 500 (this script's --nce-k: "
                      "memory and time grow linearly with K, 1 GiB per side at 500 with batch 64)")  # fmt: skip
     print("Method defaults: " + "; ".join(notes) + ".\n")
-    failed = [r for r in teachers + students if "error" in r]
-    odd = [r for r in students if "error" not in r and not r["finite"]]
-    for r in failed:
-        print(f"- FAILED: {r['method']} seed {r['seed']}: {r['error'].strip().splitlines()[-1]}")
-    for r in odd:
-        print(f"- non-finite training loss: {r['method']} seed {r['seed']}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"teachers": teachers, "students": students}, indent=1, default=str))
-    sys.stdout.flush()
-    sys.exit(1 if failed else 0)
+    finish(teachers + students, lambda r: f"{r['method']} seed {r['seed']}", args.json,
+           {"teachers": teachers, "students": students})  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -58,6 +58,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from baselines import add_run_options, finish  # noqa: E402  (the reproduction scripts' shared run options)
+
 EPOCHS, CHANNELS, HIDDEN, LAST = 30, (8, 16), (32,), 5
 QUICK = {"seeds": 1, "epochs": 4, "last": 2}
 PRETRAIN = {"rgb": ["rgb"], "rgbd": ["rgb", "depth"], "depth": ["depth"], "rgb-long": ["rgb"]}
@@ -307,11 +310,7 @@ def main() -> None:
                     "hallucinate's stage 1 is half of them")  # fmt: skip
     ap.add_argument("--last", type=int, default=None, help=f"GradNorm check: last epochs averaged (default {LAST})")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 4 epochs (explicit options still win)")
-    ap.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
-    ap.add_argument("--reuse", action="store_true", help="reuse the models (and their metrics) of an earlier run in "
-                    "the work folder with the same settings, e.g. after an interruption")  # fmt: skip
-    ap.add_argument("--json", default=None, help="also write every run's record to this JSON file")
+    add_run_options(ap)
     args = ap.parse_args()
 
     def pick(value, name, default):
@@ -418,17 +417,7 @@ def main() -> None:
     if len(controls) > 1:
         print_table("Controls: where does OS-MD's gain come from?", controls, recs)
     gradnorm_check(recs, rows, last)
-    failed = [r for r in recs if "error" in r]
-    for r in failed:
-        print(f"- FAILED: {r['row']} seed {r['seed']}: {r['error'].strip().splitlines()[-1]}")
-    for r in recs:
-        if "error" not in r and not r["finite"]:
-            print(f"- non-finite training loss: {r['row']} seed {r['seed']}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(recs, indent=1, default=str))
-    sys.stdout.flush()
-    sys.exit(1 if failed else 0)
+    finish(recs, lambda r: f"{r['row']} seed {r['seed']}", args.json)
 
 
 if __name__ == "__main__":

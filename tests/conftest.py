@@ -96,3 +96,33 @@ class ResumeCheck:
 @pytest.fixture
 def resume_check(monkeypatch):
     return ResumeCheck(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: one intra-op thread is faster (no oversubscription on a busy 2-core machine). Modules opt in
+    with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def privileged_and_ordinary(mfh_table, tmp_path_factory):
+    """OS-MD's two pretrained inputs on the mfh table: the privileged teacher (xa, mlp 32 hidden) and the
+    ordinary model (xb, mlp 16 hidden), trained once per session."""
+    from typer.testing import CliRunner
+
+    from cmkdtool.cli.app import app
+
+    d = tmp_path_factory.mktemp("privileged")
+    paths = {"priv": d / "priv.safetensors", "ord": d / "ord.safetensors"}
+    for col, hidden, epochs, key in (("xa", "32", "30", "priv"), ("xb", "16", "20", "ord")):
+        args = ["pretrain", mfh_table, "-i", col, "--arch", "mlp", "--hidden", hidden, "--epochs", epochs,
+                "--lr", "0.01", "-q", "-o", paths[key]]  # fmt: skip
+        res = CliRunner().invoke(app, [str(a) for a in args])
+        assert res.exit_code == 0, res.output
+    return paths

@@ -73,14 +73,7 @@ def tensors(path):
     return read_checkpoint(path)[0]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: a second intra-op thread only adds synchronisation (and, on a busy 2-core machine,
-    oversubscription that made this file several times slower). Restored after the module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

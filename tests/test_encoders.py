@@ -33,14 +33,9 @@ CASES = [
 WIDTH = {"cnn2d": 16, "cnn1d": 16, "resnet18": 512, "gru": 16}  # trunk features with channels 8,16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convolutions gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's waiting threads
-    made one training step of these models 100x slower (measured 350 ms against 2 ms)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny convolutions gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's waiting threads made
+# one training step of these models 100x slower (measured 350 ms against 2 ms).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run(*args):

@@ -64,25 +64,13 @@ def _same(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is faster (no oversubscription on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def ckpts(mfh_table, tmp_path_factory):
-    """The privileged teacher (xa, 32 hidden) and the ordinary model (xb, 16 hidden)."""
-    d = tmp_path_factory.mktemp("hallucinate")
-    priv, ordinary = d / "priv.safetensors", d / "ord.safetensors"
-    run("pretrain", mfh_table, "-i", "xa", "--arch", "mlp", "--hidden", "32", "--epochs", "30", "--lr", "0.01",
-        "-q", "-o", priv)  # fmt: skip
-    run("pretrain", mfh_table, "-i", "xb", "--arch", "mlp", "--hidden", "16", "--epochs", "20", "--lr", "0.01",
-        "-q", "-o", ordinary)  # fmt: skip
-    return {"priv": priv, "ord": ordinary, "dir": d}
+def ckpts(privileged_and_ordinary, tmp_path_factory):
+    """The privileged teacher (xa, 32 hidden), the ordinary model (xb, 16 hidden) and this module's folder."""
+    return {**privileged_and_ordinary, "dir": tmp_path_factory.mktemp("hallucinate")}
 
 
 def _args(mfh_table, ckpts, *extra):

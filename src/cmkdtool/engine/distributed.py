@@ -7,6 +7,7 @@ the trainer's loop does not change.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from torch import Tensor
@@ -36,8 +37,6 @@ SINGLE = DistContext()
 
 def launched_world_size() -> int:
     """The number of processes a launcher (torchrun: ``WORLD_SIZE``) started; 1 without one."""
-    import os
-
     try:
         return max(1, int(os.environ.get("WORLD_SIZE", "1")))
     except ValueError:

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cmkdtool.losses._precision import compute_dtype
+
 __all__ = [
     "adversarial_loss",
     "discriminator_loss",
@@ -24,10 +26,6 @@ __all__ = [
     "mi_bound_loss",
     "same_class_pairs",
 ]
-
-
-def _dtype(x: Tensor) -> Tensor:
-    return x if x.dtype == torch.float64 else x.float()
 
 
 def log_softmax_complement(s: Tensor) -> Tensor:
@@ -80,7 +78,7 @@ def mi_bound_loss(anchor: Tensor, candidates: Tensor, labels: Tensor, tau: float
         raise ValueError(
             "the MI bound needs a batch of at least 2 rows (log(1 - h) is -inf for one); raise --batch-size"
         )
-    a, c = F.normalize(_dtype(anchor), dim=1), F.normalize(_dtype(candidates), dim=1)
+    a, c = F.normalize(compute_dtype(anchor), dim=1), F.normalize(compute_dtype(candidates), dim=1)
     with torch.autocast(a.device.type, enabled=False):
         s = a @ c.T / tau
     log_h = s - torch.logsumexp(s, dim=1, keepdim=True)

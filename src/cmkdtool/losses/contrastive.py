@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cmkdtool.losses._precision import compute_dtype
+
 __all__ = [
     "class_nce",
     "crcd_scores",
@@ -42,10 +44,6 @@ __all__ = [
 
 CRD_EPS = 1e-7  # RepDistiller crd/criterion.py eps
 CCL_EPS = 1e-10  # yanbeic/CCL loss/nce_loss.py and jsd_loss.py
-
-
-def _dtype(x: Tensor) -> Tensor:
-    return x if x.dtype == torch.float64 else x.float()
 
 
 def _rows(name: str, x: Tensor, ndim: int = 2) -> None:
@@ -80,7 +78,7 @@ def crd_nce(scores: Tensor, n_data: int, eps: float = CRD_EPS) -> Tensor:
         raise ValueError(f"scores must have a positive and at least one negative column, got {tuple(scores.shape)}")
     if n_data < 1:
         raise ValueError(f"n_data must be >= 1 (the number of training samples), got {n_data}")
-    x = _dtype(scores)
+    x = compute_dtype(scores)
     b, k = x.shape[0], x.shape[1] - 1
     m = k / float(n_data)
     # sum_b log D1 + sum_{b,k} log D0 = -sum_{b,k>=0} log1p((x_bk + eps) / m) + sum_b (log x_b0 - log m): one pass
@@ -104,7 +102,7 @@ def crd_scores(anchor: Tensor, memory: Tensor, contrast_idx: Tensor, temperature
     """
     _rows("anchor", anchor)
     _same_batch(("anchor", anchor), ("contrast_idx", contrast_idx))
-    a, mem = _dtype(anchor), _dtype(memory)
+    a, mem = compute_dtype(anchor), compute_dtype(memory)
     with torch.autocast(a.device.type, enabled=False):
         if mem.shape[0] <= contrast_idx.shape[1] * mem.shape[1]:
             return (a @ mem.T).gather(1, contrast_idx).div_(temperature).exp_()  # in place: fresh tensors
@@ -124,7 +122,7 @@ def crd_scores_shared(
     """
     _rows("anchor", anchor)
     _same_batch(("anchor", anchor), ("positive", positive))
-    a, mem = _dtype(anchor), _dtype(memory)
+    a, mem = compute_dtype(anchor), compute_dtype(memory)
     with torch.autocast(a.device.type, enabled=False):
         pos = (mem[positive] * a).sum(1, keepdim=True)
         neg = a @ mem[negatives].T
@@ -145,7 +143,7 @@ def crcd_scores(
     """
     _rows("anchor", anchor)
     _same_batch(("anchor", anchor), ("index", index), ("contrast_idx", contrast_idx))
-    v, mem = _dtype(anchor), _dtype(memory)
+    v, mem = compute_dtype(anchor), compute_dtype(memory)
     b, d = v.shape
     with torch.autocast(v.device.type, enabled=False):
         centre = mem[index]  # (B_a, d)
@@ -177,7 +175,7 @@ def class_nce(f1: Tensor, f2: Tensor, labels: Tensor, temperature: float, eps: f
     _rows("f2", f2)
     _rows("labels", labels, 1)
     _same_batch(("f1", f1), ("f2", f2), ("labels", labels))
-    a, b = F.normalize(_dtype(f1), dim=1), F.normalize(_dtype(f2), dim=1)
+    a, b = F.normalize(compute_dtype(f1), dim=1), F.normalize(compute_dtype(f2), dim=1)
     with torch.autocast(a.device.type, enabled=False):
         cos = 1 - 0.5 * torch.cdist(a, b).pow(2)  # the reference's form (equal to a @ b.T up to rounding)
     p = torch.softmax(cos / temperature, dim=1)
@@ -201,7 +199,7 @@ def sym_kl(logits_p: Tensor, logits_q: Tensor, weight: float = 0.5, eps: float =
     _rows("logits_p", logits_p)
     _rows("logits_q", logits_q)
     _same_batch(("logits_p", logits_p), ("logits_q", logits_q))
-    p, q = torch.softmax(_dtype(logits_p), 1), torch.softmax(_dtype(logits_q), 1)
+    p, q = torch.softmax(compute_dtype(logits_p), 1), torch.softmax(compute_dtype(logits_q), 1)
     return weight * ((p * torch.log(p / q + eps)).sum(1) + (q * torch.log(q / p + eps)).sum(1)).mean()
 
 
@@ -215,7 +213,7 @@ def js_divergence(logits_p: Tensor, logits_q: Tensor) -> Tensor:
     _rows("logits_p", logits_p)
     _rows("logits_q", logits_q)
     _same_batch(("logits_p", logits_p), ("logits_q", logits_q))
-    lp, lq = torch.log_softmax(_dtype(logits_p), 1), torch.log_softmax(_dtype(logits_q), 1)
+    lp, lq = torch.log_softmax(compute_dtype(logits_p), 1), torch.log_softmax(compute_dtype(logits_q), 1)
     lr = torch.logaddexp(lp, lq) - torch.log(torch.tensor(2.0, dtype=lp.dtype, device=lp.device))
     kl_p = (lp.exp() * (lp - lr)).sum(1)
     kl_q = (lq.exp() * (lq - lr)).sum(1)
@@ -233,7 +231,7 @@ def info_nce(a: Tensor, b: Tensor, temperature: float, symmetric: bool = True) -
     _rows("a", a)
     _rows("b", b)
     _same_batch(("a", a), ("b", b))
-    x, y = F.normalize(_dtype(a), dim=1), F.normalize(_dtype(b), dim=1)
+    x, y = F.normalize(compute_dtype(a), dim=1), F.normalize(compute_dtype(b), dim=1)
     with torch.autocast(x.device.type, enabled=False):
         s = x @ y.T / temperature
     target = torch.arange(s.shape[0], device=s.device)
@@ -260,13 +258,13 @@ def gmc_nt_xent(joint: Tensor, modalities: Sequence[Tensor], temperature: float)
     for i, z in enumerate(modalities):
         _rows(f"modalities[{i}]", z)
         _same_batch(("joint", joint), (f"modalities[{i}]", z))
-    j = _dtype(joint)
+    j = compute_dtype(joint)
     n = 2 * j.shape[0]
     off_diag = 1 - torch.eye(n, dtype=j.dtype, device=j.device)
     total = j.new_zeros(n)
     with torch.autocast(j.device.type, enabled=False):
         for z in modalities:
-            m = _dtype(z)
+            m = compute_dtype(z)
             both = torch.cat([j, m])
             sim = torch.exp(both @ both.T / temperature)
             row_sum = (sim * off_diag).sum(1)

@@ -26,14 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cmkdtool.losses._precision import compute_dtype
+
 __all__ = ["nst", "pkt", "rkd", "rkd_angle", "rkd_distance", "sp"]
 
 REFERENCE = "HobbitLong/RepDistiller@b84f547c5db6a35318d4671d7d5c4de74c822403"
-
-
-def _compute_dtype(x: Tensor) -> Tensor:
-    """Float32 for anything narrower (bf16, fp16, ints); float64 stays float64."""
-    return x if x.dtype == torch.float64 else x.float()
 
 
 def _check_batch(student: Tensor, teacher: Tensor, what: str, min_ndim: int) -> None:
@@ -57,7 +54,7 @@ def _check_batch(student: Tensor, teacher: Tensor, what: str, min_ndim: int) -> 
 def _flat_pair(student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
     """Check the batch and return both as (B, D_s), (B, D_t) tensors in the compute dtype."""
     _check_batch(student, teacher, "features", 2)
-    return _compute_dtype(student).flatten(1), _compute_dtype(teacher).flatten(1)
+    return compute_dtype(student).flatten(1), compute_dtype(teacher).flatten(1)
 
 
 def _check_eps(eps: float, positive: bool) -> None:
@@ -317,7 +314,7 @@ def nst(student_maps: Tensor, teacher_maps: Tensor) -> Tensor:
                 "layer's output before global pooling, not pooled (batch, features) vectors"
             )
     _check_batch(student_maps, teacher_maps, "maps", 4)
-    s, t = _compute_dtype(student_maps), _compute_dtype(teacher_maps)
+    s, t = compute_dtype(student_maps), compute_dtype(teacher_maps)
     with torch.autocast(s.device.type, enabled=False):
         size = (min(s.shape[2], t.shape[2]), min(s.shape[3], t.shape[3]))
         if tuple(s.shape[2:]) != size:

@@ -23,7 +23,7 @@ from cmkdtool.losses.amid import (
 )
 from cmkdtool.losses.contrastive import class_nce, info_nce, js_divergence, sym_kl
 from cmkdtool.losses.task import task_loss
-from cmkdtool.methods.base import DistillContext, Distiller, val_metrics
+from cmkdtool.methods.base import PROJECTOR_MODES, DistillContext, Distiller, projector, val_metrics
 from cmkdtool.methods.registry import register
 from cmkdtool.nn.amid import Discriminator, Fusion
 from cmkdtool.nn.inference import LazyRows, map_rows
@@ -104,7 +104,7 @@ class AMIDParams:
     aux_projector: str = opt(
         "auto",
         "Map of the auxiliary features to the embedding width: auto (linear when widths differ), linear, none.",
-        choices=("auto", "linear", "none"),
+        choices=PROJECTOR_MODES,
     )
     ablate: list[str] = opt(
         [],
@@ -182,15 +182,10 @@ class AMID(Distiller):
             norm = Standardize(widths[c]).to(data.device)
             norm.fit(x, train)
             self.aux_norm[c] = norm
-        a_dim = sum(widths.values())
-        mode = self.params.aux_projector
-        if mode == "linear" or (mode == "auto" and a_dim != self.dim):
-            self.aux_projector = nn.Linear(a_dim, self.dim).to(data.device)
-        elif a_dim != self.dim:
-            raise CmkdUsageError(
-                f"--aux {','.join(self.params.aux)} has width {a_dim} but the student's embedding has {self.dim}; "
-                "use --aux-projector auto"
-            )
+        names = (f"--aux {','.join(self.params.aux)}", "the student's embedding")
+        self.aux_projector = projector(
+            self.params.aux_projector, "", sum(widths.values()), "", self.dim, names=names, flag="--aux-projector"
+        ).to(data.device)
         self.fusion = Fusion(2 * self.dim, self.dim).to(data.device)
         labels = data.target[train]
         self.class_counts = torch.bincount(labels, minlength=self.num_classes).tolist()

@@ -14,22 +14,35 @@ from cmkdtool.engine.inference import predict
 from cmkdtool.engine.method import Batch, Method
 from cmkdtool.losses.task import task_loss
 from cmkdtool.nn.inference import LazyRows, map_rows
-from cmkdtool.options import check
+from cmkdtool.options import check, opt
+
+PROJECTOR_MODES = ("auto", "linear", "none")
 
 
-def projector(mode: str, student_layer: str, s_dim: int, teacher_layer: str, t_dim: int, why: str = "") -> nn.Module:
+def projector_option(reason: str = "", default: str = "auto"):
+    """The ``--projector`` field of a method's dataclass (``reason``: why widths must agree, e.g. ": the MSE needs
+    equal widths")."""
+    return opt(
+        default,
+        f"auto (a learned linear map student->teacher width when widths differ{reason}), linear, or none.",
+        choices=PROJECTOR_MODES,
+    )
+
+
+def projector(
+    mode: str, student_layer: str, s_dim: int, teacher_layer: str, t_dim: int, why: str = "",
+    *, names: tuple[str, str] | None = None, flag: str = "--projector",
+) -> nn.Module:  # fmt: skip
     """The training-only map from a student layer to a teacher layer's width (``--projector``): a learned linear
     map for ``linear``, or for ``auto`` when the widths differ; the identity otherwise (``none`` with other widths is
-    a usage error)."""
+    a usage error naming ``names``, default "student layer ..." / "teacher layer ...", and ``flag``)."""
     from cmkdtool.errors import CmkdUsageError
 
     if mode == "linear" or (mode == "auto" and s_dim != t_dim):
         return nn.Linear(s_dim, t_dim)
     if s_dim != t_dim:
-        raise CmkdUsageError(
-            f"student layer {student_layer} has width {s_dim} but teacher layer {teacher_layer} has {t_dim}; "
-            f"{why}use --projector auto"
-        )
+        s_name, t_name = names or (f"student layer {student_layer}", f"teacher layer {teacher_layer}")
+        raise CmkdUsageError(f"{s_name} has width {s_dim} but {t_name} has {t_dim}; {why}use {flag} auto")
     return nn.Identity()
 
 

@@ -14,7 +14,7 @@ from cmkdtool.errors import CmkdUsageError
 from cmkdtool.losses.contrastive import class_nce, js_divergence, sym_kl
 from cmkdtool.losses.task import task_loss
 from cmkdtool.methods._relational import RelationalDistiller, RelationalOptions
-from cmkdtool.methods.base import projector
+from cmkdtool.methods.base import projector, projector_option
 from cmkdtool.methods.registry import register
 from cmkdtool.nn.contrast import Composition
 from cmkdtool.options import opt
@@ -35,12 +35,7 @@ class CCLParams(RelationalOptions):
         "0.5 (KL(p||q) + KL(q||p)), what CCL runs) or js (a true Jensen-Shannon divergence).",
         choices=("sym-kl", "js"),
     )
-    projector: str = opt(
-        "auto",
-        "auto (a learned linear map student->teacher width when widths differ: the NCE compares them), linear, "
-        "or none.",
-        choices=("auto", "linear", "none"),
-    )
+    projector: str = projector_option(": the NCE compares them")
 
 
 @register("ccl", CCLParams, "Cross-modal contrastive learning (CCL): class-aware NCE with a composition teacher.")

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from cmkdtool.losses.mmd import dask
 from cmkdtool.methods._relational import RelationalDistiller, RelationalOptions
-from cmkdtool.methods.base import projector
+from cmkdtool.methods.base import projector, projector_option
 from cmkdtool.methods.registry import register
 from cmkdtool.options import opt
 
@@ -25,12 +25,7 @@ class DASKParams(RelationalOptions):
     w_mse: float = opt(1.0, "Weight (>= 0) of the element-mean MSE inside DASK (TMM-MMH loss/kd/dask.py: 1).", ge=0)
     w_d: float = opt(25.0, "Weight (>= 0) of RKD's distance term (DASK uses RepDistiller RKDLoss w_d=25).", ge=0)
     w_a: float = opt(50.0, "Weight (>= 0) of RKD's angle term (DASK uses RepDistiller RKDLoss w_a=50).", ge=0)
-    projector: str = opt(
-        "auto",
-        "auto (a learned linear map student->teacher width when widths differ: the MSE needs equal widths), "
-        "linear, or none.",
-        choices=("auto", "linear", "none"),
-    )
+    projector: str = projector_option(": the MSE needs equal widths")
 
 
 @register("dask", DASKParams, "DASK (OS-MD authors' version): RKD (25, 50) plus feature MSE between named layers.")

@@ -10,7 +10,7 @@ from torch import Tensor
 from cmkdtool.engine.method import Batch
 from cmkdtool.losses import FEATURE_LOSSES
 from cmkdtool.losses.task import task_loss
-from cmkdtool.methods.base import Distiller, projector
+from cmkdtool.methods.base import Distiller, projector, projector_option
 from cmkdtool.methods.registry import register
 from cmkdtool.nn.criteria import FeatureCriterion
 from cmkdtool.options import opt
@@ -47,11 +47,7 @@ class FeatureParams(FeatureLossOptions):
     task_weight: float = opt(
         1.0, "Weight (>= 0) of the task loss with the labels (0: feature distillation only).", ge=0
     )
-    projector: str = opt(
-        "auto",
-        "auto (a learned linear map student->teacher width when widths differ), linear, or none.",
-        choices=("auto", "linear", "none"),
-    )
+    projector: str = projector_option()
 
 
 @register(

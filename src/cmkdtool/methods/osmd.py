@@ -166,17 +166,16 @@ class OSMD(Distiller):
         self.register_buffer("adam_v", torch.zeros(2))
         self.register_buffer("adam_step", torch.zeros(()))
         self._grad_norms: Tensor | None = None
-        self.loss_weights = {"ce": 1.0}
-        self._bind_weights()
 
-    def _bind_weights(self) -> None:
-        """loss_weights read the live buffer (views), so an update of w applies from the next use."""
-        self.loss_weights.update({k: self.w[0] for k in JDN_TERMS}, ctn=self.w[1])
+    @property
+    def loss_weights(self) -> dict:
+        """eta = 1 for the task loss; alpha for the JDN's terms and beta for the CTN's, read from the buffer ``w`` at
+        every step (so an update applies from the next step)."""
+        return {"ce": 1.0, **{k: self.w[0] for k in JDN_TERMS}, "ctn": self.w[1]}
 
-    def _apply(self, fn, recurse=True):  # .to(device) replaces the buffer: bind the views again
-        out = super()._apply(fn, recurse)
-        self._bind_weights()
-        return out
+    @loss_weights.setter
+    def loss_weights(self, value: dict) -> None:  # derived from ``w``: the engine's default assignment is ignored
+        pass
 
     @classmethod
     def from_context(cls, student, params, ctx: DistillContext) -> OSMD:

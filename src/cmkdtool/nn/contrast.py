@@ -133,10 +133,13 @@ class NegativeSampler(nn.Module):
             self.register_buffer(name, t, persistent=False)
         self.register_buffer("position", position, persistent=False)
 
-    def _uniform(self, shape: tuple[int, ...], high: Tensor) -> Tensor:
-        """Integers uniform in [0, high) (``high`` broadcast over ``shape``), drawn in float64 on the device."""
-        u = torch.rand(shape, dtype=torch.float64, device=self.rows.device) * high.to(torch.float64)
-        return torch.minimum(u.long(), high - 1)
+    def _uniform(self, shape: tuple[int, ...], high: Tensor | int) -> Tensor:
+        """Integers uniform in [0, high) (``high``: an int, or a tensor broadcast over ``shape``), drawn in float64
+        on the device (an int high makes no host-to-device copy)."""
+        u = torch.rand(shape, dtype=torch.float64, device=self.rows.device)
+        if isinstance(high, int):
+            return (u * high).long().clamp_(max=high - 1)
+        return torch.minimum((u * high.to(torch.float64)).long(), high - 1)
 
     def negatives(self, index: Tensor, k: int) -> Tensor:
         """(B, k) negatives for the rows ``index``: other classes (class-aware) or any other train row."""
@@ -146,12 +149,12 @@ class NegativeSampler(nn.Module):
             u = self._uniform((len(index), k), self.n_train - count)
             return self.rows[u + (u >= start) * count]
         pos = self.position[index].unsqueeze(1)
-        u = self._uniform((len(index), k), torch.full_like(pos, self.n_train - 1))
+        u = self._uniform((len(index), k), self.n_train - 1)
         return self.rows[u + (u >= pos)]
 
     def shared(self, k: int) -> Tensor:
         """(k,) rows uniform over the train split, one draw for the whole batch (shared negatives)."""
-        u = self._uniform((k,), torch.tensor(self.n_train, device=self.rows.device))
+        u = self._uniform((k,), self.n_train)
         return self.rows[u]
 
     def positive(self, index: Tensor, relax: bool = False) -> Tensor:
