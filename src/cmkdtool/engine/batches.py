@@ -50,4 +50,13 @@ class IndexBatches:
             yield Batch(LazyRows(self.data.inputs, idx), None if target is None else target[idx], idx)
 
 
-__all__ = ["BatchSource", "IndexBatches"]
+def make_batches(data: TensorData, index: Tensor, batch_size: int | None, dist=None) -> BatchSource:
+    """The trainer's batch source for the ``index`` rows of ``data``: the data's own (``data.train_batches``: a
+    host or streamed placement) when it has one, else ``IndexBatches`` over the device tensors."""
+    own = getattr(data, "train_batches", None)
+    if own is not None:
+        return own(index, batch_size, dist)
+    return IndexBatches(data, index, batch_size)
+
+
+__all__ = ["BatchSource", "IndexBatches", "make_batches"]

@@ -16,6 +16,8 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SELECTS = ("best", "last", "acer")
+PLACEMENTS = ("auto", "device", "host", "stream")
+COMPILES = ("off", "default", "reduce-overhead")
 
 
 @dataclass
@@ -53,6 +55,22 @@ class TrainConfig:
         "Keep the 'best' epoch on the val split (accuracy, or mAP), the 'last', or with 'acer' the lowest val ACER "
         "(two-class presentation-attack tasks: bona fide = class 1, threshold 0.5; ISO/IEC 30107-3).",
         choices=SELECTS,
+    )
+    data_placement: str = opt(
+        "auto",
+        "Where the feature columns live while training: 'device' (all rows on the training device), 'host' (host "
+        "memory or a memory-mapped Arrow file, batches copied to the device; the same batches as 'device'), "
+        "'stream' (row groups read from disk each epoch through a block shuffle of --shuffle-buffer row groups; "
+        "an approximate shuffle), or 'auto' (the first that fits the memory budget: device, host, stream; "
+        "CMKDTOOL_MEMORY_BUDGET, e.g. 256MB, overrides the measured budgets).",
+        choices=PLACEMENTS,
+    )
+    shuffle_buffer: int = opt(8, "Row groups held and shuffled together by the 'stream' placement (>= 1).", ge=1)
+    compile: str = opt(
+        "off",
+        "torch.compile the training step's modules: off, default, or reduce-overhead (CUDA graphs; CUDA only). "
+        "Pays a compile time of seconds to minutes once per run.",
+        choices=COMPILES,
     )
     seed: int = field(default=0, metadata={"cli": None, "ge": 0})  # set from --seed
     precision: str = field(default="fp32", metadata={"cli": None, "choices": PRECISIONS[1:]})  # from --precision

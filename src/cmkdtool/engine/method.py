@@ -38,11 +38,16 @@ __all__ = ["Batch", "LazyRows", "Method", "OptimizerSpec", "Step"]
 
 @dataclass
 class Batch:
-    """One training batch: inputs and targets sliced on the device, and the row indices they came from."""
+    """One training batch: inputs and targets sliced on the device, and the row indices they came from.
+
+    ``share`` is this process's part of the global batch times the number of processes (``rows x W / global
+    rows``): the trainer multiplies the loss by it, so that DDP's gradient average over processes equals the
+    gradient of the global batch's mean loss when the batch does not split evenly (1 in one process)."""
 
     inputs: Mapping[str, Tensor]
     target: Tensor | None
     index: Tensor
+    share: float = 1.0
 
 
 @dataclass

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from cmkdtool.data.tensors import TensorData
 from cmkdtool.engine import state as st
-from cmkdtool.engine.batches import BatchSource, IndexBatches
+from cmkdtool.engine.batches import BatchSource, make_batches
 from cmkdtool.engine.config import TrainConfig
 from cmkdtool.engine.device import autocast
 from cmkdtool.engine.distributed import SINGLE, DistContext, launched_world_size
@@ -96,7 +96,7 @@ class Trainer:
             self.select = "last"
             if not quiet and dist.is_main:
                 print(f"note: {data.source} has no val rows; keeping the last epoch's weights", file=sys.stderr)
-        self.batches = batches or IndexBatches(data, self.train_idx, cfg.batch_size)
+        self.batches = batches or make_batches(data, self.train_idx, cfg.batch_size, dist)
         method.setup(data)
         groups = [g for g in method.param_groups() if g["params"]]
         self.params = [p for g in groups for p in g["params"]]
