@@ -31,7 +31,7 @@ from cmkdtool.io.checkpoints import (
     read_metadata,
     save_checkpoint,
 )
-from cmkdtool.io.tables import META_KEY, build_table, hash_split, read_tables, write_table
+from cmkdtool.io.tables import META_KEY, build_table, hash_split, iter_column_chunks, read_tables, write_table
 
 N = 30
 
@@ -579,3 +579,38 @@ def test_atomic_output_follows_symlinks_and_writes_through_devices(tmp_path):
     assert link.is_symlink() and target.read_text() == "new"
     atomic_write_text("/dev/null", "discarded")  # must not replace the device with a regular file
     assert os.path.exists("/dev/null") and not os.path.isfile("/dev/null")
+
+
+# ---------------------------------------------------------------------------------------------- chunked reads
+
+
+def test_iter_column_chunks_yields_file_order_float32_chunks(tmp_path, arrays, table):
+    path = tmp_path / "t.parquet"
+    write_table(table, path, row_group_size=7)  # 30 rows: groups of 7, 7, 7, 7, 2
+    chunks = list(iter_column_chunks(path, "xa", chunk_rows=4))
+    assert [len(c) for c in chunks] == [4, 3] * 4 + [2]  # never across a row group
+    assert all(c.dtype == np.float32 and c.shape[1] == 5 for c in chunks)
+    np.testing.assert_array_equal(np.concatenate(chunks), arrays["xa"])
+    img = np.concatenate(list(iter_column_chunks(path, "img")))
+    np.testing.assert_array_equal(img, arrays["img"].reshape(N, 6))  # flattened row-major, one chunk per group
+
+
+def test_iter_column_chunks_checks_each_chunk_and_names_the_column(tmp_path):
+    x = np.ones((20, 3), np.float32)
+    x[13, 1] = np.nan
+    path = _write(tmp_path / "nan.parquet", [f"r{i}" for i in range(20)], emb=x)
+    it = iter_column_chunks(path, "emb", chunk_rows=8)
+    with pytest.raises(CmkdError, match=r"column 'emb' has NaN/inf values .*first at id 'r13'"):
+        list(it)
+    with pytest.raises(CmkdError, match=r"no column 'emv' \(did you mean 'emb'\?\)"):
+        list(iter_column_chunks(path, "emv"))
+    with pytest.raises(CmkdError, match="no such file"):
+        list(iter_column_chunks(tmp_path / "missing.parquet", "emb"))
+
+
+def test_read_tables_with_no_columns_reads_only_the_small_columns(tmp_path, table):
+    path = tmp_path / "t.parquet"
+    write_table(table, path)
+    ft = read_tables([str(path)], columns=[])
+    assert ft.column_names == ["id", "label", "split"]
+    assert {f.name for f in ft.available} >= {"xa", "img"}  # still known, for hints

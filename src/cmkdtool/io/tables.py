@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -236,6 +236,228 @@ def _column_dim(col: pa.ChunkedArray, f: pa.Field, name: str) -> int:
 
 
 # ----------------------------------------------------------------------------------------------- reading
+
+
+PARQUET_MAGIC = b"PAR1"
+ARROW_MAGIC = b"ARROW1"
+SHARD_SUFFIXES = (".parquet", ".arrow", ".ipc", ".feather")
+
+
+def table_format(path: str | os.PathLike) -> str:
+    """What ``path`` holds: ``stdin`` (``-``), ``folder`` (a folder of shards), ``ipc`` (an Arrow IPC file, by its
+    magic bytes ``ARROW1``), ``ipc-stream`` (an Arrow IPC stream written to a file) or ``parquet`` (anything else;
+    the Parquet reader says what is wrong with a foreign file)."""
+    if str(path) == "-":
+        return "stdin"
+    p = Path(path)
+    if not p.exists():
+        raise CmkdError(f"{path}: no such file")
+    if p.is_dir():
+        return "folder"
+    try:
+        with open(p, "rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        raise CmkdError(f"{path}: cannot read ({e.strerror or e})") from e
+    if head.startswith(ARROW_MAGIC):
+        return "ipc"
+    if head.startswith(b"\xff\xff\xff\xff"):
+        return "ipc-stream"
+    return "parquet"
+
+
+def shard_paths(folder: str | os.PathLike) -> list[str]:
+    """The shards of a folder table: its Parquet / Arrow IPC files (``*.parquet``, ``*.arrow``, ``*.ipc``,
+    ``*.feather``; not hidden, not starting with ``_``) in sorted name order."""
+    names = sorted(
+        n
+        for n in os.listdir(folder)
+        if n.endswith(SHARD_SUFFIXES) and not n.startswith((".", "_")) and (Path(folder) / n).is_file()
+    )
+    if not names:
+        raise CmkdError(
+            f"{folder}: is a folder with no table shards (*.parquet or *.arrow files); give a Parquet file or a "
+            "folder of shards"
+        )
+    return [str(Path(folder) / n) for n in names]
+
+
+def _foreign(path: str, e: BaseException) -> CmkdError:
+    return CmkdError(
+        f"{path}: not a readable Parquet file ({str(e).splitlines()[0] if str(e) else type(e).__name__}); give a "
+        "table written by cmkdtool or by pyarrow as docs/formats.md describes"
+    )
+
+
+class _Part:
+    """One file of a table (a Parquet file or a memory-mapped Arrow IPC file) and its row groups (record batches
+    for IPC), addressable one at a time."""
+
+    def __init__(self, path: str, kind: str) -> None:
+        self.path, self.kind = path, kind
+        try:
+            if kind == "ipc":
+                self._reader = ipc.open_file(pa.memory_map(path, "r"))
+                self.schema = self._reader.schema
+                self.group_rows = [self._reader.get_batch(i).num_rows for i in range(self._reader.num_record_batches)]
+            else:
+                self._reader = pq.ParquetFile(path)
+                self.schema = self._reader.schema_arrow
+                md = self._reader.metadata
+                self.group_rows = [md.row_group(i).num_rows for i in range(md.num_row_groups)]
+        except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as e:
+            if kind == "ipc":
+                raise CmkdError(f"{path}: not a readable Arrow IPC file ({str(e).splitlines()[0]})") from e
+            raise _foreign(path, e) from e
+        self.num_rows = int(sum(self.group_rows))
+
+    def read(self, columns: Sequence[str] | None) -> pa.Table:
+        """The whole file (only ``columns``, in file order, when given)."""
+        sel = None if columns is None else [c for c in self.schema.names if c in set(columns)]
+        try:
+            if self.kind == "ipc":
+                t = self._reader.read_all()
+                return t if sel is None else t.select(sel)
+            return self._reader.read(columns=sel)
+        except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as e:
+            raise _foreign(self.path, e) from e
+
+    def read_group(self, g: int, columns: Sequence[str]) -> pa.Table:
+        """Row group (record batch) ``g``, columns ``columns``."""
+        try:
+            if self.kind == "ipc":
+                batch = self._reader.get_batch(g)
+                return pa.Table.from_batches([batch]).select(list(columns))
+            return self._reader.read_row_group(g, columns=list(columns))
+        except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as e:
+            raise _foreign(self.path, e) from e
+
+
+class TableSource:
+    """A table on disk read lazily: a Parquet file, a memory-mapped Arrow IPC file, or a folder of such shards
+    (sorted names; one logical table). Its row groups (record batches of IPC files) are numbered across the
+    shards in order; ``groups[k] = (part, group, first_row, rows)``. Nothing but the footers is read on opening."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = str(path)
+        kind = table_format(path)
+        if kind == "stdin":
+            raise CmkdError("'-' (stdin) cannot be read row group by row group; write the table to a file first")
+        if kind == "ipc-stream":
+            raise CmkdError(
+                f"{path}: an Arrow IPC stream, which cannot be read row group by row group; convert it with "
+                f"cmkdtool table convert {path} -o FILE.arrow"
+            )
+        files = shard_paths(path) if kind == "folder" else [self.path]
+        self.parts = []
+        for f in files:
+            k = table_format(f) if kind == "folder" else kind
+            if k == "ipc-stream":
+                raise CmkdError(f"{f}: an Arrow IPC stream, not a file; convert it with cmkdtool table convert")
+            self.parts.append(_Part(f, k))
+        self.kind = kind
+        self.schema = self.parts[0].schema
+        self.groups: list[tuple[int, int, int, int]] = []
+        start = 0
+        for i, part in enumerate(self.parts):
+            for g, n in enumerate(part.group_rows):
+                self.groups.append((i, g, start, n))
+                start += n
+        self.num_rows = start
+
+    @property
+    def name(self) -> str:
+        return self.path
+
+    def column_dim(self, column: str) -> int:
+        """The width of feature column ``column`` from the schema (for ``list<float>`` columns: the first row)."""
+        if column not in self.schema.names:
+            hint = _closest(column, self.schema.names)
+            raise CmkdError(
+                f"{self.name}: no column '{column}'" + (f" (did you mean '{hint}'?)" if hint else "")
+                + f"; feature columns here: {', '.join(_feature_names(self.schema)) or 'none'}"
+            )  # fmt: skip
+        f = self.schema.field(column)
+        if pa.types.is_fixed_size_list(f.type):
+            if not pa.types.is_floating(f.type.value_type):
+                raise CmkdError(f"{self.name}: column '{column}' holds {f.type.value_type}, expected float32 features")
+            return f.type.list_size
+        first = next((k for k, g in enumerate(self.groups) if g[3]), None)
+        if first is None:
+            return 0
+        part, g, _, _ = self.groups[first]
+        col = self.parts[part].read_group(g, [column]).column(column)
+        return _column_dim(col, f, self.name)
+
+    def group_array(self, k: int, column: str, dim: int | None = None) -> np.ndarray:
+        """Row group ``k`` of feature column ``column`` as a float32 (rows, D) array (zero-copy from a
+        memory-mapped IPC file when it is float32 without nulls), checked for nulls and NaN/inf."""
+        part, g, start, n = self.groups[k]
+        p = self.parts[part]
+        t = p.read_group(g, [column])
+        col = t.column(column)
+        if dim is None:
+            dim = _column_dim(col, t.schema.field(column), p.path)
+        arr = _column_numpy(col, column, p.path, n, dim)
+        _check_finite_chunk(arr, column, p, g, start)
+        return arr
+
+    def iter_column_chunks(self, column: str, chunk_rows: int = 8192) -> Iterator[np.ndarray]:
+        """Float32 (n, D) arrays of ``column`` in row order, row group by row group, at most ``chunk_rows`` rows
+        each, each checked for NaN/inf."""
+        dim = self.column_dim(column)
+        for k in range(len(self.groups)):
+            arr = self.group_array(k, column, dim)
+            for s in range(0, len(arr), chunk_rows):
+                yield arr[s : s + chunk_rows]
+
+
+def _column_numpy(col: pa.ChunkedArray, column: str, name: str, n: int, dim: int) -> np.ndarray:
+    if col.null_count:
+        raise CmkdError(f"{name}: column '{column}' has {col.null_count} null rows; drop or fill them")
+    chunks = col.chunks
+    if len(chunks) == 1:
+        values = chunks[0].flatten()
+    else:
+        values = pa.concat_arrays([c.flatten() for c in chunks]) if chunks else pa.array([], pa.float32())
+    if values.null_count:
+        raise CmkdError(f"{name}: column '{column}' has null values inside rows; fill them")
+    arr = values.to_numpy(zero_copy_only=False)
+    if arr.dtype != np.float32:
+        arr = arr.astype(np.float32)
+    return arr.reshape(n, dim)
+
+
+def _check_finite_chunk(arr: np.ndarray, column: str, part: _Part, g: int, start: int) -> None:
+    if np.isfinite(arr).all():
+        return
+    bad = ~np.isfinite(arr)
+    rows = np.nonzero(bad.any(axis=1))[0]
+    try:
+        ids = part.read_group(g, ["id"]).column("id")
+        first = f"id '{ids[int(rows[0])].as_py()}'"
+    except Exception:  # noqa: BLE001  (no id column: name the row)
+        first = f"row {start + int(rows[0])}"
+    raise CmkdError(
+        f"{part.path}: column '{column}' has NaN/inf values ({int(bad.sum())} in {len(rows)} rows of row group {g}; "
+        f"first at {first}); clean or impute them before using this table"
+    )
+
+
+def open_source(path: str | os.PathLike) -> TableSource:
+    """A lazily read table: a Parquet file, an Arrow IPC file (memory-mapped) or a folder of shards."""
+    return TableSource(path)
+
+
+def iter_column_chunks(path: str | os.PathLike, column: str, *, chunk_rows: int = 8192) -> Iterator[np.ndarray]:
+    """The feature column ``column`` of the table at ``path`` (a Parquet file, an Arrow IPC file or a folder of
+    shards) as float32 ``(n, D)`` arrays in file row order, row group by row group, at most ``chunk_rows`` rows
+    each; each chunk is checked for nulls and NaN/inf (a one-line error naming the column). Memory: about one row
+    group at a time."""
+    if chunk_rows < 1:
+        raise CmkdUsageError("chunk_rows must be at least 1")
+    yield from open_source(path).iter_column_chunks(column, chunk_rows)
+
 
 
 def _read_one(path: str, columns: Sequence[str] | None) -> tuple[pa.Table, pa.Schema]:
