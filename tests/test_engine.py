@@ -352,13 +352,11 @@ class CountingDist(DistContext):
 def test_batch_source_and_distributed_context_are_consulted(data, tmp_path):
     src = Fixed(data.index("train"))
     src._data = data
-    dist = CountingDist(rank=1, world_size=2)  # not the main process: writes nothing
+    dist = CountingDist()  # one process (several: tests/test_ddp.py)
     m = Scripted([0.5] * 2, extra=False)
-    fit(m, data, TrainConfig(epochs=2, batch_size=8), quiet=True, batches=src, dist=dist,
-        state_file=str(tmp_path / "s.state"))  # fmt: skip
+    fit(m, data, TrainConfig(epochs=2, batch_size=8), quiet=True, batches=src, dist=dist)
     assert src.seen == [list(range(32)), list(range(32, 64))] * 2
     assert dist.calls == 2 * 2  # the epoch's sums (loss and the ce term) reduced once per epoch, not per step
-    assert not (tmp_path / "s.state").exists()
     # the default source: shuffled slices, a lone last row joining the previous batch
     b = IndexBatches(data, data.index("train")[:33], 16)
     sizes = [len(x.index) for x in b.epoch(torch.Generator().manual_seed(0))]
@@ -482,39 +480,3 @@ def test_resume_refuses_another_frozen_teacher(data, tmp_path):
         fit(WithFrozen(0.7), data, TrainConfig(epochs=2, batch_size=32), quiet=True, state_file=state, resume=True)
     torch.manual_seed(0)
     fit(WithFrozen(0.5), data, TrainConfig(epochs=2, batch_size=32), quiet=True, state_file=state, resume=True)
-
-
-# ---------------------------------------------------------------- several processes (not supported yet)
-
-
-def test_a_multi_process_launch_is_refused_not_trained_n_times(mfh_table, tmp_path):
-    """Under torchrun with 2 processes every process would train the whole problem and write the same files: each
-    refuses with one line (exit status 2) and nothing is written; WORLD_SIZE=1 trains as usual."""
-    import os
-    import subprocess
-    import sys
-
-    out = tmp_path / "m.safetensors"
-    run = ["pretrain", str(mfh_table), "-i", "xa", "--arch", "linear", "--epochs", "1", "-q", "-o", str(out)]
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "cmkdtool",
-        *run,
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, check=False)
-    assert done.returncode != 0 and not out.exists()
-    refusals = [line for line in done.stderr.splitlines() if "multi-process training is not supported yet" in line]
-    assert len(refusals) == 2, done.stderr  # one line from each process
-    assert all(line.startswith("cmkdtool: error: launched as 2 processes") for line in refusals)
-    one = subprocess.run(
-        [sys.executable, "-m", "cmkdtool", *run],
-        capture_output=True, text=True, env={**env, "WORLD_SIZE": "1"}, timeout=120, check=False,
-    )  # fmt: skip
-    assert one.returncode == 0 and out.exists(), one.stderr

@@ -28,7 +28,11 @@ DeviceOpt = Annotated[
 SeedOpt = Annotated[int, typer.Option("--seed", envvar="CMKDTOOL_SEED", help="Random seed (initialisation, batches).")]
 PrecisionOpt = Annotated[
     str,
-    typer.Option("--precision", help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32, bf16 or fp16 (CUDA only)."),
+    typer.Option(
+        "--precision",
+        help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32, tf32 (float32 with TF32 matmuls; CUDA only), bf16 or "
+        "fp16 (CUDA only).",
+    ),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or notes on stderr.")]
 SplitRatioOpt = Annotated[
@@ -65,10 +69,15 @@ def split_params() -> list:
     ]
 
 
-def train_setup(kw: dict):
+def train_setup(kw: dict, *, processes: bool = False):
     """(TrainConfig, device) of a training command: its options, --seed and the resolved --device and
-    --precision, checked before any data is read."""
+    --precision, checked before any data is read.
+
+    Under torchrun (``WORLD_SIZE`` > 1) a command that trains with DDP (``processes=True``: pretrain, distill)
+    joins the process group here, takes ``cuda:LOCAL_RANK`` for a CUDA device, and every process but rank 0 goes
+    quiet (``kw['quiet']``); any other training command refuses to run as several processes."""
     from cmkdtool.cli import options as o
+    from cmkdtool.engine import distributed
     from cmkdtool.engine.config import TrainConfig
     from cmkdtool.engine.device import resolve_device, resolve_precision
 
@@ -76,7 +85,24 @@ def train_setup(kw: dict):
     dev = resolve_device(kw["device"])
     cfg.seed, cfg.precision = kw["seed"], resolve_precision(kw["precision"], dev)
     cfg.validate()
+    world = distributed.launched_world_size()
+    if world > 1:
+        if not processes:
+            raise CmkdUsageError(
+                f"launched as {world} processes (WORLD_SIZE), but this command trains in one process; run it "
+                "without torchrun (pretrain and distill train with several)"
+            )
+        dev = distributed.device_for_rank(dev)
+        dist = distributed.setup(dev)
+        kw["quiet"] = kw["quiet"] or not dist.is_main
     return cfg, dev
+
+
+def is_main_process() -> bool:
+    """Whether this process writes outputs (rank 0 under torchrun; always in one process)."""
+    from cmkdtool.engine.distributed import current
+
+    return current().is_main
 
 
 def mask_options(kw: dict):
@@ -129,9 +155,38 @@ def debug_enabled() -> bool:
     return os.environ.get("CMKDTOOL_DEBUG", "").strip() not in ("", "0", "false", "no")
 
 
+def _rank_tag() -> str:
+    """' [rank r/W]' in a process of a multi-process run (which process an error line comes from); ''."""
+    if "torch" not in sys.modules:  # nothing distributed ran before torch was imported
+        return ""
+    from cmkdtool.engine.distributed import current
+
+    return current().tag
+
+
+def _torch_failure(e: Exception) -> str | None:
+    """The one-line message for a torch runtime failure a user can act on: the device ran out of memory, or
+    (under several processes) a collective failed because another process stopped; None for anything else."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    if isinstance(e, torch.OutOfMemoryError):
+        return (
+            "out of device memory; lower --batch-size or --eval-batch-size, train a smaller model, or keep the "
+            "table off the device (--data-placement host or stream)"
+        )
+    from cmkdtool.engine.distributed import current
+
+    if current().active and isinstance(e, RuntimeError):
+        return f"another process failed (see its message above); here: {str(e).splitlines()[0][:200]}"
+    return None
+
+
 def guard(func):
     """Wrap a command: CmkdError -> one line on stderr and its exit status (no traceback unless debugging).
-    (Option values are checked by the command itself: ``cli.options.make_command``.)"""
+    Under several processes the line names the rank, and a collective that fails because another process
+    stopped is one line too (exit 1). (Option values are checked by the command itself:
+    ``cli.options.make_command``.)"""
     import functools
 
     @functools.wraps(func)
@@ -141,8 +196,14 @@ def guard(func):
         except CmkdError as e:
             if debug_enabled():
                 raise
-            print(f"cmkdtool: error: {e}", file=sys.stderr)
+            print(f"cmkdtool: error{_rank_tag()}: {e}", file=sys.stderr)
             raise typer.Exit(e.exit_code) from None
+        except RuntimeError as e:  # torch.OutOfMemoryError and distributed failures are RuntimeErrors
+            message = _torch_failure(e)
+            if message is None or debug_enabled():
+                raise
+            print(f"cmkdtool: error{_rank_tag()}: {message}", file=sys.stderr)
+            raise typer.Exit(1) from None
         except OSError as e:  # disk full, permission denied, read-only folder
             if debug_enabled():
                 raise

@@ -15,6 +15,7 @@ from cmkdtool.cli.common import (
     SummaryGroup,
     check_output,
     guard,
+    is_main_process,
     mask_options,
     note,
     run_params,
@@ -105,7 +106,8 @@ def _run(info, kw: dict) -> None:
     check_output(output, *tables, *([teacher] if teacher else []))
     params = o.build(info.params, kw)
     model = o.build(ModelOptions, kw)
-    cfg, dev = train_setup(kw)
+    cfg, dev = train_setup(kw, processes=True)
+    quiet = kw["quiet"]  # every process but rank 0 is quiet under torchrun
     trained = run_distill(
         info,
         tables,
@@ -124,8 +126,10 @@ def _run(info, kw: dict) -> None:
         state_file=state_path(output),
         resume=kw["resume"],
     )
-    history = trained.save(output)
-    note(f"wrote {output} ({trained.summary()}) and {history}", quiet)
+    if is_main_process():  # rank 0 alone writes under torchrun
+        trained.record["world_size"] = trained.fit.world_size
+        history = trained.save(output)
+        note(f"wrote {output} ({trained.summary()}) and {history}", quiet)
 
 
 def method_command(info) -> typer.core.TyperCommand:

@@ -11,7 +11,15 @@ from typing import Annotated
 import typer
 
 from cmkdtool.cli import options as o
-from cmkdtool.cli.common import check_output, mask_options, note, run_params, split_params, train_setup
+from cmkdtool.cli.common import (
+    check_output,
+    is_main_process,
+    mask_options,
+    note,
+    run_params,
+    split_params,
+    train_setup,
+)
 from cmkdtool.data.masks import MaskOptions
 from cmkdtool.engine.config import TrainConfig
 from cmkdtool.nn.specs import ModelOptions
@@ -60,7 +68,8 @@ def _run(kw: dict) -> None:
 
     tables, output, quiet = kw["tables"], kw["output"], kw["quiet"]
     check_output(output, *tables)
-    cfg, dev = train_setup(kw)
+    cfg, dev = train_setup(kw, processes=True)
+    quiet = kw["quiet"]  # every process but rank 0 is quiet under torchrun
     trained = run_pretrain(
         tables,
         kw["input"],
@@ -75,8 +84,10 @@ def _run(kw: dict) -> None:
         state_file=state_path(output),
         resume=kw["resume"],
     )
-    history = trained.save(output)
-    note(f"wrote {output} ({trained.summary()}) and {history}", quiet)
+    if is_main_process():  # rank 0 alone writes under torchrun
+        trained.record["world_size"] = trained.fit.world_size
+        history = trained.save(output)
+        note(f"wrote {output} ({trained.summary()}) and {history}", quiet)
 
 
 pretrain = o.make_command(

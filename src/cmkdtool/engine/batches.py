@@ -1,6 +1,6 @@
 """Where training batches come from: the trainer asks a ``BatchSource`` for each epoch's batches.
 
-``IndexBatches`` (the only source today) slices tensors that already sit on the device: each epoch draws a
+``IndexBatches`` slices tensors that already sit on the device: each epoch draws a
 permutation of the train rows from the trainer's generator and hands out index slices (no DataLoader, no copies
 of columns a step does not read). A streaming source for tables bigger than memory, or a per-rank shard under
 DDP, implements the same two members.
@@ -16,6 +16,7 @@ from torch import Tensor
 
 from cmkdtool.data.tensors import TensorData
 from cmkdtool.engine.method import Batch
+from cmkdtool.errors import CmkdUsageError
 from cmkdtool.nn.inference import LazyRows
 
 
@@ -31,14 +32,23 @@ class BatchSource(Protocol):
 class IndexBatches:
     """Batches of ``batch_size`` rows (None: all) of the ``index`` rows of ``data``, shuffled each epoch.
 
-    A lone last row joins the previous batch (BatchNorm cannot train on one sample).
+    ``batch_size`` is the global batch: under W processes (``dist``) every process draws the same permutation
+    and takes its part of each global batch (``tensor_split``, sizes differing by at most one row), with
+    ``Batch.share`` = its rows x W / the global batch's rows. A last batch of fewer than 2 W rows joins the
+    previous one (in one process: a lone last row, which BatchNorm cannot train on).
     """
 
-    def __init__(self, data: TensorData, index: Tensor, batch_size: int | None) -> None:
+    def __init__(self, data: TensorData, index: Tensor, batch_size: int | None, dist=None) -> None:
         self.data, self.index = data, index
+        self.rank, self.world = (dist.rank, dist.world_size) if dist is not None else (0, 1)
         self.rows = n = len(index)
         self.batch_size = bs = n if batch_size is None else min(batch_size, n)
-        self.steps_per_epoch = max(1, n // bs + (n % bs > 1)) if n else 0
+        if self.world > 1 and bs < 2 * self.world:
+            raise CmkdUsageError(
+                f"--batch-size {bs} under {self.world} processes leaves a process fewer than 2 rows; use at least "
+                f"{2 * self.world}"
+            )
+        self.steps_per_epoch = max(1, n // bs + (n % bs >= 2 * self.world)) if n else 0
 
     def epoch(self, generator: torch.Generator) -> Iterator[Batch]:
         n, bs, steps = self.rows, self.batch_size, self.steps_per_epoch
@@ -47,7 +57,12 @@ class IndexBatches:
         target = self.data.target
         for s in range(steps):
             idx = perm[s * bs : n if s == steps - 1 else (s + 1) * bs]
-            yield Batch(LazyRows(self.data.inputs, idx), None if target is None else target[idx], idx)
+            share = 1.0
+            if self.world > 1:
+                total = len(idx)
+                idx = idx.tensor_split(self.world)[self.rank]
+                share = len(idx) * self.world / total
+            yield Batch(LazyRows(self.data.inputs, idx), None if target is None else target[idx], idx, share)
 
 
 def make_batches(data: TensorData, index: Tensor, batch_size: int | None, dist=None) -> BatchSource:
@@ -56,7 +71,7 @@ def make_batches(data: TensorData, index: Tensor, batch_size: int | None, dist=N
     own = getattr(data, "train_batches", None)
     if own is not None:
         return own(index, batch_size, dist)
-    return IndexBatches(data, index, batch_size)
+    return IndexBatches(data, index, batch_size, dist)
 
 
 __all__ = ["BatchSource", "IndexBatches", "make_batches"]

@@ -14,7 +14,7 @@ from cmkdtool.options import check, ints_field, opt, parse_batch_size
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
 SELECTS = ("best", "last", "acer")
 PLACEMENTS = ("auto", "device", "host", "stream")
 COMPILES = ("off", "default", "reduce-overhead")

@@ -30,7 +30,7 @@ def resolve_device(spec: str = "auto") -> torch.device:
     return dev
 
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -39,14 +39,30 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         raise CmkdUsageError(f"unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
     if precision == "auto":
         return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    if precision == "fp16" and device.type != "cuda":
-        raise CmkdUsageError("--precision fp16 needs a CUDA device; use fp32 or bf16 on the CPU")
+    if precision in ("fp16", "tf32") and device.type != "cuda":
+        raise CmkdUsageError(f"--precision {precision} needs a CUDA device; use fp32 or bf16 on the CPU")
     return precision
 
 
+@contextlib.contextmanager
+def _tf32():
+    """float32 storage, TF32 tensor-core matmuls and convolutions (about 10 significant bits in the products)."""
+    before = torch.get_float32_matmul_precision()
+    cudnn = torch.backends.cudnn.allow_tf32
+    torch.set_float32_matmul_precision("high")
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+        torch.backends.cudnn.allow_tf32 = cudnn
+
+
 def autocast(precision: str, device: torch.device):
-    """The autocast context for a resolved precision (a no-op for fp32)."""
+    """The autocast context for a resolved precision (a no-op for fp32; tf32: float32 tensors, TF32 matmuls)."""
     if precision == "fp32":
         return contextlib.nullcontext()
+    if precision == "tf32":
+        return _tf32()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)

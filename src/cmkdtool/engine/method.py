@@ -84,6 +84,10 @@ class Method(nn.Module):
     """
 
     name = "method"
+    single_process_reason: str | None = None
+    """Why the method cannot train under several processes (torchrun), or None when it can: a loss that couples
+    the rows of a batch (negatives, pairs, batch statistics) would see 1/W of each batch per process. The
+    trainer refuses such a method with this reason."""
 
     def __init__(self) -> None:
         super().__init__()

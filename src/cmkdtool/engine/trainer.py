@@ -5,7 +5,12 @@ sums them, runs the backward pass (or lets the method take it over), clips, step
 method's own optimizers and the schedules, asks the method for its validation metrics each epoch, keeps the best
 (or last) weights, logs every term to the history and shows progress on a terminal. Batches come from a
 ``BatchSource`` (index slices of tensors already on the device); loss values are accumulated on the device and
-read back once per epoch (no per-step host sync). A ``DistContext`` says which process writes.
+read back once per epoch (no per-step host sync).
+
+Under torchrun (``WORLD_SIZE`` > 1) the same loop trains with DistributedDataParallel: the step runs through
+the DDP wrapper (gradients averaged over processes), each process takes its part of every global batch and
+weights its loss by ``Batch.share``, the methods' own optimizers average their gradients, epoch sums are
+reduced once per epoch, and rank 0 alone writes the training state and shows progress (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from cmkdtool.engine import state as st
 from cmkdtool.engine.batches import BatchSource, make_batches
 from cmkdtool.engine.config import TrainConfig
 from cmkdtool.engine.device import autocast
-from cmkdtool.engine.distributed import SINGLE, DistContext, launched_world_size
+from cmkdtool.engine.distributed import DistContext, setup
 from cmkdtool.engine.method import Batch, Method, Step
 from cmkdtool.engine.optim import make_optimizer, make_own_optimizer, make_schedule
 from cmkdtool.errors import CmkdError, CmkdUsageError
@@ -43,6 +48,7 @@ class FitResult:
     final_metrics: dict[str, float]
     best_metrics: dict[str, float]
     epoch_seconds: list[float] = field(default_factory=list)  # wall time of each epoch run (not in the history)
+    world_size: int = 1  # processes that trained it (torchrun)
 
 
 def seed_everything(seed: int) -> None:
@@ -60,6 +66,22 @@ def _progress(quiet: bool, dist: DistContext) -> bool:
     return not quiet and dist.is_main and sys.stderr.isatty()
 
 
+class _Step(nn.Module):
+    """The method's training step as a module's ``forward``, so that DDP sees the step (a step that bypasses
+    the wrapper's ``forward`` would never synchronise its gradients)."""
+
+    def __init__(self, method: Method) -> None:
+        super().__init__()
+        self.method = method
+
+    def forward(self, batch: Batch) -> tuple[Step, Tensor]:
+        method = self.method
+        out = method.training_step(batch)
+        step = out if isinstance(out, Step) else Step(out)
+        loss = sum(method.loss_weights.get(k, 1.0) * v for k, v in step.terms.items())
+        return step, loss
+
+
 class Trainer:
     """Trains ``method`` on the train rows of ``data`` with ``cfg``; see ``fit``."""
 
@@ -72,18 +94,19 @@ class Trainer:
         quiet: bool = False,
         desc: str = "train",
         state_file: str | None = None,
-        dist: DistContext = SINGLE,
+        dist: DistContext | None = None,
         batches: BatchSource | None = None,
     ) -> None:
         cfg.validate()
-        if dist.world_size == 1 and launched_world_size() > 1:
+        self.device = data.device
+        dist = dist or setup(self.device)  # joins torchrun's process group; one process: SINGLE
+        if dist.active and method.single_process_reason:
             raise CmkdUsageError(
-                f"launched as {launched_world_size()} processes (WORLD_SIZE), but multi-process training is not "
-                "supported yet: each process would train the whole problem and write the same files; run one process"
+                f"{method.name} cannot train under {dist.world_size} processes: {method.single_process_reason}; "
+                "run it as one process"
             )
         self.method, self.data, self.cfg, self.quiet, self.desc = method, data, cfg, quiet, desc
         self.state_file, self.dist = state_file, dist
-        self.device = data.device
         method.to(self.device)
         self.train_idx, self.val_idx = data.index("train"), data.index("val")
         if len(self.train_idx) == 0:
@@ -115,7 +138,27 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "fp16" else None
         if self.scaler is not None:  # a step the scaler skips (inf/NaN gradients) still advances the schedule
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
-        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.gen = torch.Generator().manual_seed(cfg.seed)  # the same permutation on every process
+        self.step_module: nn.Module = _Step(method)
+        if dist.active:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            # dropout and other draws differ between processes (one process keeps its stream unchanged)
+            torch.manual_seed(cfg.seed + 1_000_003 * dist.rank)
+            own = {id(p) for spec in method.optimizers().values() for p in spec.params}
+            ignore = [f"method.{n}" for n, p in method.named_parameters() if id(p) in own]
+            ignore += [f"method.{n}" for n, _ in method.named_buffers()]  # method state stays per process
+            DDP._set_params_and_buffers_to_ignore_for_model(self.step_module, ignore)
+            self.step_module = DDP(
+                self.step_module,
+                device_ids=None,  # the batch is already on this process's device: no input moves
+                find_unused_parameters=True,  # a term switched off (--task-weight 0) leaves parameters unused
+                broadcast_buffers=False,
+            )
+        self.own_params = {name: list(spec.params) for name, spec in specs.items()}
+        self.step_fn = self.step_module
+        if cfg.compile != "off":
+            self.step_fn = torch.compile(self.step_module, mode=cfg.compile, dynamic=None)
         frozen_ids = {id(m) for m in method.frozen_modules()}
         self.frozen_prefixes = tuple(f"{n}." for n, m in method.named_modules() if id(m) in frozen_ids)
         start_state = self.trainable_state()
@@ -146,8 +189,23 @@ class Trainer:
 
     # ---- resume --------------------------------------------------------------------------------------------
 
+    def _load_state(self) -> tuple[dict[str, Tensor], dict]:
+        """Rank 0 reads the state file and hands it to the other processes (no shared file system needed); a
+        failure is raised on every process alike."""
+        dist = self.dist
+        loaded: tuple | str = ""
+        if dist.is_main:
+            try:
+                loaded = st.load_state(self.state_file)
+            except CmkdError as e:
+                loaded = str(e)
+        loaded = dist.broadcast_object(loaded)
+        if isinstance(loaded, str):
+            raise CmkdError(loaded)
+        return loaded
+
     def restore(self) -> None:
-        tensors, header = st.load_state(self.state_file)
+        tensors, header = self._load_state()
         if header.get("fingerprint") != self.fingerprint:
             raise CmkdError(f"{self.state_file}: saved with other settings or data; rerun without --resume")
         self.method.load_state_dict(st.prefixed(tensors, "model."), strict=False)
@@ -155,9 +213,14 @@ class Trainer:
         if self.scaler is not None and header.get("scaler"):
             self.scaler.load_state_dict(header["scaler"])
         self.gen.set_state(tensors["rng.perm"])
-        torch.set_rng_state(tensors["rng.torch"])
-        if "rng.cuda" in tensors and self.device.type == "cuda":
-            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+        # each process continues its own stream; a run resumed with another number of processes keeps rank r's
+        # stream where it has one (dropout then draws differently from an uninterrupted run)
+        rank, saved_world = self.dist.rank, int(header.get("world_size", 1))
+        suffix = f".{rank}" if saved_world > 1 else ""
+        if f"rng.torch{suffix}" in tensors:
+            torch.set_rng_state(tensors[f"rng.torch{suffix}"])
+        if f"rng.cuda{suffix}" in tensors and self.device.type == "cuda":
+            torch.cuda.set_rng_state(tensors[f"rng.cuda{suffix}"], self.device)
         best = st.prefixed(tensors, "best.")
         self.best_state = {k: v.to(self.device) for k, v in best.items()} or None
         self.best_score, self.best_loss = header["best_score"], header["best_loss"]
@@ -170,10 +233,24 @@ class Trainer:
         if not self.quiet and self.dist.is_main:
             print(f"note: resuming from {self.state_file} after epoch {header['epoch']}", file=sys.stderr)
 
-    def save(self, epoch: int) -> None:
-        rng = {"perm": self.gen.get_state(), "torch": torch.get_rng_state()}
+    def _rng_states(self) -> dict[str, Tensor]:
+        """The permutation generator and each process's torch (and CUDA) RNG (``torch.<rank>`` under several
+        processes, gathered on every process: a collective)."""
+        rng = {"perm": self.gen.get_state()}
+        local = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+            local["cuda"] = torch.cuda.get_rng_state(self.device)
+        if not self.dist.active:
+            return {**rng, **local}
+        for key, state in local.items():
+            parts = self.dist.all_gather(state.to(self.device))  # NCCL gathers device tensors
+            rng.update({f"{key}.{r}": p.cpu() for r, p in enumerate(parts)})
+        return rng
+
+    def save(self, epoch: int) -> None:
+        rng = self._rng_states()  # every process takes part; rank 0 writes
+        if not self.dist.is_main:
+            return
         st.save_state(
             self.state_file,
             model=self.trainable_state(),
@@ -190,6 +267,7 @@ class Trainer:
                 "best_metrics": self.best_metrics,
                 "history": self.history,
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "world_size": self.dist.world_size,
             },
         )
 
@@ -213,14 +291,14 @@ class Trainer:
     def train_step(self, batch: Batch, index: int, sums: dict[str, Tensor]) -> None:
         method = self.method
         with autocast(self.cfg.precision, self.device):
-            out = method.training_step(batch)
-            step = out if isinstance(out, Step) else Step(out)
+            step, loss = self.step_fn(batch)
             terms = step.terms
-            loss = sum(method.loss_weights.get(k, 1.0) * v for k, v in terms.items())
         self.opt.zero_grad(set_to_none=True)
         for o in self.own.values():
             o.zero_grad(set_to_none=True)
-        method.backward(loss, terms, self._scale)
+        # DDP averages gradients over processes: weighting each process's mean by its share of the global batch
+        # makes that average the gradient of the global batch's mean loss (uneven splits included)
+        method.backward(loss * batch.share if self.dist.active else loss, terms, self._scale)
         self._step_optimizer(self.opt, self.params)
         self.schedulers[MAIN].step()
         if self.own:
@@ -232,7 +310,9 @@ class Trainer:
                 own_loss = own_losses[name]
                 if own_loss is not None:
                     o.zero_grad(set_to_none=True)
-                    self._scale(own_loss).backward()
+                    self._scale(own_loss * batch.share if self.dist.active else own_loss).backward()
+                self.dist.average_grads(self.own_params[name])  # DDP does not manage own optimizers
+                if own_loss is not None:
                     w = float(len(batch.index))
                     d = own_loss.detach().float() * w
                     key = f"{name}_loss"
@@ -269,6 +349,8 @@ class Trainer:
     def validate_epoch(self, epoch: int, row: dict) -> None:
         if not len(self.val_idx):
             return
+        if self.dist.active:  # every process validates rank 0's model (BatchNorm statistics are per process)
+            self.dist.broadcast_([b for _, b in self.method.student.named_buffers() if b.is_floating_point()])
         vm = self.method.validate(self.data, self.val_idx, self.cfg.precision, self.cfg.eval_batch_size)
         row.update({f"val/{k}": v for k, v in vm.items()})
         key, higher = self.key, self.higher
@@ -308,7 +390,8 @@ class Trainer:
             self.history.append(row)
             self.epoch_seconds.append(time.perf_counter() - t0)
             due = epoch in (self.start, cfg.epochs) or time.perf_counter() - last_save >= STATE_INTERVAL_S
-            if self.state_file and self.dist.is_main and due:
+            due = self.dist.broadcast_object(due)  # rank 0's clock decides: saving gathers from every process
+            if self.state_file and due:
                 last_save = time.perf_counter()
                 self.save(epoch)
             post = {"loss": f"{row['train/loss']:.4f}"}
@@ -322,7 +405,9 @@ class Trainer:
         best_state, best_epoch, best_metrics = self.best_state, self.best_epoch, self.best_metrics
         if self.select == "last" or best_state is None:
             best_state, best_epoch, best_metrics = self.method.student.state_dict(), cfg.epochs, final
-        return FitResult(best_state, best_epoch, self.history, final, best_metrics, self.epoch_seconds)
+        return FitResult(
+            best_state, best_epoch, self.history, final, best_metrics, self.epoch_seconds, self.dist.world_size
+        )
 
 
 def fit(
@@ -335,7 +420,7 @@ def fit(
     state_file: str | None = None,
     resume: bool = False,
     on_epoch_end: Callable[[int, dict], None] | None = None,
-    dist: DistContext = SINGLE,
+    dist: DistContext | None = None,
     batches: BatchSource | None = None,
 ) -> FitResult:
     """Train ``method`` on the train split of ``data``; select on the val split; return the student's weights.

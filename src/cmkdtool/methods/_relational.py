@@ -54,6 +54,7 @@ class RelationalDistiller(Distiller):
 
     term = "rel"
     weight = "weight"
+    single_process_reason = "its loss relates the rows of a batch to each other (pairs, negatives or batch statistics)"
 
     def __init__(self, student, teacher, params, task: str, cache_teacher: bool = True):
         super().__init__(student, teacher, params, task, cache_teacher)

@@ -129,6 +129,7 @@ class AMID(Distiller):
     """
 
     needs_teacher = False
+    single_process_reason = "its same-class pairs, MI negatives and discriminator statistics span the whole batch"
 
     def __init__(self, student, params: AMIDParams, task: str):
         super().__init__(student, None, params, task)

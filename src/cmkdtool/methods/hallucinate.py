@@ -67,6 +67,8 @@ class Hallucinate(Distiller):
     phi_o fixed. Validation selects among stage-2 epochs only (stage-1 accuracy is logged as NaN: the head is not
     trained yet)."""
 
+    single_process_reason = "its two stages switch which parameters train (DDP fixes the set when it starts)"
+
     def __init__(self, student, teacher, ordinary, params: HallucinateParams, task: str, cache_teacher: bool = True):
         super().__init__(student, teacher, params, task, cache_teacher)
         comp = composite_student(student, ordinary, task, params.ctn_fuse, False, freeze_ordinary=True)

@@ -131,6 +131,8 @@ class OSMD(Distiller):
     and cached.
     """
 
+    single_process_reason = "GradNorm balances its loss weights with gradient norms it takes outside the DDP step"
+
     def __init__(self, student, teacher, ordinary, params: OSMDParams, task: str, cache_teacher: bool = True):
         super().__init__(student, teacher, params, task, cache_teacher)
         fuse = params.ctn_fuse if params.ctn == "translate" else "concat"

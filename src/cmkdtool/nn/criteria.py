@@ -26,6 +26,10 @@ _OPTIONS: dict[str, tuple[str, str, float]] = {
 }
 
 
+BATCH_COUPLED = ("clip", "margin")
+"""Feature losses whose value couples the rows of a batch (each row's negatives are the batch's other rows)."""
+
+
 class FeatureCriterion(nn.Module):
     """``loss(student, teacher)`` for a named feature loss.
 
@@ -65,6 +69,11 @@ class FeatureCriterion(nn.Module):
                 self.log_scale = nn.Parameter(init)
             else:
                 self.register_buffer("log_scale", init)
+
+    @property
+    def batch_coupled(self) -> bool:
+        """Whether the loss compares every row of a batch with every other (clip, margin: in-batch negatives)."""
+        return self.name in BATCH_COUPLED
 
     def scale(self) -> Tensor:
         """1 / tau of ``clip`` (clamped at 100)."""
