@@ -65,7 +65,9 @@ def test_rank_k_product_has_exactly_k_values_above_tolerance(k, dtype):
     assert np.all(np.diff(sv) <= 0)  # descending
     np.testing.assert_allclose(sv, np.linalg.svd(x.astype(np.float64), compute_uv=False), rtol=1e-12, atol=1e-12)
     s = summarize(sv, x.shape)
-    assert s["tol"] == pytest.approx(sv[0] * max(m, n) * EPS32)
+    # the float32 storage bound of X (Weyl): eps32 * ||X||_F, whatever the shape
+    assert s["tol"] == pytest.approx(EPS32 * np.linalg.norm(x.astype(np.float64)), rel=1e-12)
+    assert s["tol_rule"] == "eps32 * ||X||_F"
     assert s["rank_tol"] == k
     assert s["rank_tol"] == np.linalg.matrix_rank(x.astype(np.float64), tol=s["tol"])
     assert s["n_values"] == n and s["sigma_max"] == pytest.approx(sv[0])
@@ -84,7 +86,7 @@ def test_diagonal_summary_by_hand():
     assert s["rankme"] != pytest.approx(s["effective_rank"], rel=1e-7)  # the epsilon is really applied
     # energies 16, 4, 1, 1, 0 of 22: 90% = 19.8 needs 16 + 4; 99% = 21.78 needs 16 + 4 + 1 + 1
     assert (s["rank90"], s["rank99"]) == (2, 4)
-    assert s["rank_tol"] == 4 and s["tol"] == pytest.approx(4 * 6 * EPS32)
+    assert s["rank_tol"] == 4 and s["tol"] == pytest.approx(math.sqrt(22) * EPS32)  # energies 16 + 4 + 1 + 1
     assert (s["n_values"], s["sigma_max"]) == (5, 4.0)
 
 
@@ -400,7 +402,11 @@ def test_cli_parquet_output_round_trip_and_plot(files):
         sigma = t.column("sigma").to_numpy()[mask]
         assert len(sigma) == r["n_values"] and sigma[0] == pytest.approx(r["sigma_max"], rel=1e-12)
         assert t.column("index").to_numpy()[mask].tolist() == list(range(1, r["n_values"] + 1))
-        assert summarize(sigma, (r["rows"], r["cols"])) == pytest.approx({k: r[k] for k in summarize(sigma, (1, 1))})
+        again = summarize(sigma, (r["rows"], r["cols"]))
+        # both inputs here are centred: the tolerance also counts N |mean|^2 (of the stored matrix, not in sigma)
+        assert r["centered"] and r["tol"] >= again["tol"] and r["tol_rule"] == again["tol_rule"]
+        again = {k: v for k, v in again.items() if k not in ("tol", "rank_tol")}
+        assert again == pytest.approx({k: r[k] for k in again})
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
 

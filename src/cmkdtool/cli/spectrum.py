@@ -18,6 +18,11 @@ FORMATS = ("table", "json", "csv")
 NUMBERS = ("effective_rank", "rankme", "rank90", "rank99", "rank_tol", "sigma_max")
 
 
+def _num(v) -> str:
+    """Two decimals; '-' for a number a partial (randomized) spectrum cannot give."""
+    return "-" if v is None else f"{v:.2f}"
+
+
 def _render(results: list[dict], sigmas: list, fmt: str) -> str:
     if fmt == "json":
         return json.dumps(results, indent=2) + "\n"
@@ -34,8 +39,8 @@ def _render(results: list[dict], sigmas: list, fmt: str) -> str:
             [
                 r["input"],
                 str(r["n_values"]),
-                f"{r['effective_rank']:.2f}",
-                f"{r['rankme']:.2f}",
+                _num(r["effective_rank"]),
+                _num(r["rankme"]),
                 str(r["rank90"]),
                 str(r["rank99"]),
                 str(r["rank_tol"]),
@@ -187,7 +192,8 @@ spectrum = o.make_command(
     Values are singular values sigma (not sigma^2), descending. effective_rank = exp(entropy of
     p = sigma / sum sigma) (Roy & Vetterli 2007); rankme = the same with p + 1e-7 (RankMe, Garrido et al.
     2023); rank90/rank99 = fewest values whose sigma^2 reach 90%/99% of the total sigma^2; rank_tol = number of
-    sigma > sigma_max * max(rows, cols) * 1.19e-7 (numpy matrix_rank's rule with the float32 epsilon). A
-    collapse shows as a cliff in the sparkline and in --plot.
+    sigma > 1.19e-7 * sqrt(sum sigma^2) (the float32 storage error of the matrix; it does not grow with the
+    rows). A collapse shows as a cliff in the sparkline and in --plot. Table columns and features are streamed
+    chunk by chunk (memory O(D^2 + chunk), not O(N D)).
     """,
 )

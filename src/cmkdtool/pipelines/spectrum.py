@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,9 @@ KEYS = (
     "rank_tol",
     "tol",
     "sigma_max",
+    "tol_rule",
+    "method",
+    "note",
 )
 
 
@@ -73,7 +77,6 @@ def run_spectrum(
     feature ``columns`` (default every one). A missing ``device`` is an error even when no model runs."""
     from cmkdtool.analysis import spectrum as lib
     from cmkdtool.io.checkpoints import read_checkpoint
-    from cmkdtool.io.tables import read_tables
     from cmkdtool.pipelines.open import open_checkpoint, resolve, split_rule
 
     if split not in SPLITS:
@@ -89,13 +92,9 @@ def run_spectrum(
     shared = None  # the --data tables, read once for every checkpoint
     for path, kind in zip(inputs, kinds, strict=True):
         if kind == "table":
-            table = read_tables([path], columns=columns or None)
-            cols = columns or table.modality_columns()
-            if not cols:
-                raise CmkdError(f"{table.name}: no feature column (a list of floats) to analyse")
             ratio, sseed = split_rule(split_ratio, split_seed)
-            for c in cols:
-                out.add(f"{table.name}:{c}[{split}]", path, lib.column_spectrum(table, c, split, ratio, sseed))
+            for label, sp in _table_spectra(path, columns, split, ratio, sseed):
+                out.add(label, path, sp)
             continue
         if not data:
             tensors, _, _ = read_checkpoint(path)
@@ -122,6 +121,59 @@ def run_spectrum(
             )
         out.add(f"{path}:{name}[{split}]", path, lib.feature_spectrum(opened.model, opened.data, name, split))
     return out
+
+
+def _table_spectra(path: str, columns: list[str], split: str, ratio, seed: int):
+    """(label, Spectrum) of each feature column of a table input, its rows streamed from the file chunk by chunk
+    (only the id and split columns are read whole); a stream on stdin ('-') is read whole, then streamed."""
+    from cmkdtool.analysis import spectrum as lib
+    from cmkdtool.io.tables import iter_column_chunks, read_tables
+
+    if path == "-":
+        table = read_tables([path], columns=columns or None)
+        cols = columns or table.modality_columns()
+        if not cols:
+            raise CmkdError(f"{table.name}: no feature column (a list of floats) to analyse")
+        for c in cols:
+            yield f"{table.name}:{c}[{split}]", lib.column_spectrum(table, c, split, ratio, seed)
+        return
+    table = read_tables([path], columns=[])  # id, label(s), split: the split is known without the features
+    fields = {f.name: f for f in table.available}
+    cols = columns or _feature_columns(table)
+    if not cols:
+        raise CmkdError(f"{table.name}: no feature column (a list of floats) to analyse")
+    for c in cols:
+        if c not in fields:
+            table.require(c)  # raises, naming the feature columns and the closest name
+        width = _fixed_width(fields[c])
+        step = lib.chunk_rows_for(width or 1)
+        chunks = functools.partial(iter_column_chunks, path, c, chunk_rows=step)
+        sp = lib.column_spectrum(table, c, split, ratio, seed, chunks=chunks, cols=width)
+        yield f"{table.name}:{c}[{split}]", sp
+
+
+def _feature_columns(table) -> list[str]:
+    import pyarrow as pa
+
+    from cmkdtool.io.tables import RESERVED
+
+    out = []
+    for f in table.available:
+        t = f.type
+        if f.name in RESERVED or f.name in out:
+            continue
+        if (
+            pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_large_list(t)
+        ) and pa.types.is_floating(t.value_type):
+            out.append(f.name)
+    return out
+
+
+def _fixed_width(f) -> int | None:
+    """The width of a fixed_size_list feature column (None for variable lists: known only from the data)."""
+    import pyarrow as pa
+
+    return int(f.type.list_size) if pa.types.is_fixed_size_list(f.type) else None
 
 
 def kind_of(path: str) -> str:
@@ -159,6 +211,7 @@ def _result(label: str, source: str, sp) -> dict:
         "rows": sp.shape[0],
         "cols": sp.shape[1],
         "centered": sp.centered,
+        "method": sp.method,
         **s,
     }
     return {k: row[k] for k in KEYS}
