@@ -285,9 +285,13 @@ try:
         nccl = "NCCL INFO" in err or "NCCL version" in err
         d = max_diff(args[0], args[2])
         metrics.update(nccl_initialised=nccl, max_abs_diff_vs_one_process=d)
-        detail += f"; NCCL {'initialised' if nccl else 'not seen in stderr (NCCL_DEBUG=INFO)'}"
+        detail += "; NCCL " + (
+            "initialised"
+            if nccl
+            else "not initialised (no NCCL line with NCCL_DEBUG=INFO: the run did not join a process group)"
+        )
         detail += f"; max abs diff vs the one-process fp32 run {d:.2e}"
-        result = "pass" if ok else "FAIL"
+        result = "pass" if ok and nccl else "FAIL"
     elif kind == "throughput":
         rec = json.load(open(args[0]))
         metrics = {"results": os.path.basename(args[0]), **rec}
@@ -525,7 +529,8 @@ else
   record resume "--resume (interrupted = full)" skip "$STEP_SKIP"
 fi
 
-# 5. torchrun, one process, NCCL: the same command line as the fp32 run
+# 5. torchrun, one process, NCCL: the same command line as the fp32 run; fails unless NCCL was initialised (a run
+#    that stays single-process under torchrun does not exercise the DDP path)
 if [ "$SMOKE" = 1 ]; then
   skip torchrun "torchrun nproc 1 (NCCL)" "$NO_CUDA"
 else
