@@ -142,14 +142,39 @@ def test_cli_under_two_processes_matches_one_and_writes_once(command, mfh_table,
     assert record["world_size"] == 2
 
 
-def test_batch_coupled_methods_refuse_several_processes(mfh_table, tmp_path):
-    """CRD draws its negatives from the batch: under 2 processes each would see half of it."""
-    mfh_table = str(mfh_table)
-    teacher = tmp_path / "t.safetensors"
-    assert _cli(["pretrain", mfh_table, "-i", "xb", "--arch", "linear", "--epochs", "1"], teacher, 1).returncode == 0
-    done = launch(["-m", "cmkdtool", "distill", "crd", mfh_table, "-t", str(teacher), "-i", "xa", "--epochs", "1",
-                   "--device", "cpu", "-o", str(tmp_path / "s.safetensors")])  # fmt: skip
-    assert done.returncode != 0  # torchrun exits 1 when a process fails (each process exits 2: a usage error)
-    refusals = [x for x in done.stderr.splitlines() if "crd cannot train under 2 processes: its loss relates" in x]
-    assert len(refusals) == 2 and all(x.startswith("cmkdtool: error [rank ") for x in refusals), done.stderr
-    assert not (tmp_path / "s.safetensors").exists()
+def test_batch_coupled_methods_refuse_several_processes(monkeypatch):
+    """CRD draws its negatives from the batch: under 2 processes each would see half of it. The trainer refuses
+    before joining anything (here with a stand-in context of 2 processes)."""
+    from cmkdtool.engine import trainer as trainer_mod
+    from cmkdtool.engine.distributed import DistContext
+    from cmkdtool.errors import CmkdUsageError
+
+    sys.path.insert(0, str(HERE))
+    try:
+        import _ddp_worker as worker
+    finally:
+        sys.path.remove(str(HERE))
+    monkeypatch.setattr(trainer_mod, "setup", lambda device: DistContext(rank=0, world_size=2))
+    crd = worker.methods()["crd"].params
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # the worker's table is float64
+    try:
+        with pytest.raises(CmkdUsageError, match="crd cannot train under 2 processes: its loss relates the rows"):
+            worker.distill("crd", crd(feat_dim=8, nce_k=16), worker.config(epochs=1))
+        worker.distill("kd", worker.methods()["kd"].params(), worker.config(epochs=1))  # per-sample: trains
+    finally:
+        torch.set_default_dtype(default)
+
+
+def test_one_process_under_torchrun_trains_through_the_ddp_path(mfh_table, tmp_path):
+    """torchrun --nproc_per_node 1 joins a process group of one (the path benchmarks/gpu_check.sh runs with
+    NCCL): the same weights as a plain run."""
+    args = ["pretrain", str(mfh_table), "-i", "xa", "--arch", "mlp", "--hidden", "16", "--epochs", "2"]
+    one = _cli(args, tmp_path / "plain.safetensors", 1)
+    done = subprocess.run(
+        [*TORCHRUN[:-1], "1", "-m", "cmkdtool", *args, "--device", "cpu", "--optimizer", "sgd", "--lr", "0.05",
+         "-o", str(tmp_path / "ddp.safetensors")],
+        capture_output=True, text=True, env=ENV, timeout=180, check=False,
+    )  # fmt: skip
+    assert one.returncode == 0 and done.returncode == 0, done.stderr[-3000:]
+    assert max_diff(load(tmp_path / "plain.safetensors"), load(tmp_path / "ddp.safetensors")) <= 1e-6

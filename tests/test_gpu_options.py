@@ -29,6 +29,7 @@ def test_tf32_is_float32_with_tf32_matmuls_and_needs_cuda():
 
 def test_each_process_takes_its_local_gpu(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert distributed.device_for_rank(torch.device("cuda")) == torch.device("cuda", 1)
@@ -38,8 +39,13 @@ def test_each_process_takes_its_local_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(CmkdError, match="needs cuda:1 but 1 CUDA device"):
         distributed.device_for_rank(torch.device("cuda"))
-    monkeypatch.setenv("WORLD_SIZE", "1")
-    assert distributed.device_for_rank(torch.device("cuda", 0)) == torch.device("cuda", 0)  # one process: as given
+    monkeypatch.setenv("WORLD_SIZE", "1")  # torchrun with one process: the GPU given, or cuda:LOCAL_RANK
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert distributed.device_for_rank(torch.device("cuda", 1)) == torch.device("cuda", 1)
+    assert distributed.device_for_rank(torch.device("cuda")) == torch.device("cuda", 0)
+    monkeypatch.delenv("RANK")  # no launcher
+    assert distributed.device_for_rank(torch.device("cuda")) == torch.device("cuda")
 
 
 def test_out_of_memory_is_one_line_with_the_fix(capsys):

@@ -86,8 +86,8 @@ def train_setup(kw: dict, *, processes: bool = False):
     cfg.seed, cfg.precision = kw["seed"], resolve_precision(kw["precision"], dev)
     cfg.validate()
     world = distributed.launched_world_size()
-    if world > 1:
-        if not processes:
+    if distributed.launched():
+        if not processes and world > 1:
             raise CmkdUsageError(
                 f"launched as {world} processes (WORLD_SIZE), but this command trains in one process; run it "
                 "without torchrun (pretrain and distill train with several)"
@@ -177,7 +177,7 @@ def _torch_failure(e: Exception) -> str | None:
         )
     from cmkdtool.engine.distributed import current
 
-    if current().active and isinstance(e, RuntimeError):
+    if current().world_size > 1 and isinstance(e, RuntimeError):
         return f"another process failed (see its message above); here: {str(e).splitlines()[0][:200]}"
     return None
 

@@ -27,6 +27,7 @@ class DistContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    group: bool = False  # joined a process group (torchrun, even with one process)
 
     @property
     def is_main(self) -> bool:
@@ -35,8 +36,8 @@ class DistContext:
 
     @property
     def active(self) -> bool:
-        """Whether there are other processes to combine with."""
-        return self.world_size > 1
+        """Whether this process trains in a process group (under torchrun, also with one process: the DDP path)."""
+        return self.group
 
     def all_reduce_sum(self, tensor: Tensor) -> Tensor:
         """The sum of ``tensor`` over processes (in one process: the tensor itself)."""
@@ -90,7 +91,7 @@ class DistContext:
 
     @property
     def tag(self) -> str:
-        """' [rank r/W]' under several processes (for error lines), '' in one."""
+        """' [rank r/W]' in a process group (for error lines), '' without one."""
         return f" [rank {self.rank}/{self.world_size}]" if self.active else ""
 
 
@@ -98,6 +99,11 @@ SINGLE = DistContext()
 """The context of a one-process run."""
 
 _current: DistContext | None = None
+
+
+def launched() -> bool:
+    """Whether a launcher (torchrun) started this process: its environment names a rank and a world size."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
 def launched_world_size() -> int:
@@ -118,14 +124,16 @@ def _env_int(name: str) -> int:
 def device_for_rank(device: torch.device) -> torch.device:
     """The device of this process under a launcher: CUDA becomes ``cuda:LOCAL_RANK`` (one GPU per process); an
     explicit ``cuda:N`` with several processes is a usage error (they would share one GPU)."""
-    if launched_world_size() == 1 or device.type != "cuda":
+    if not launched() or device.type != "cuda":
         return device
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device.index is not None and device.index != local:
+    if device.index is not None and device.index != local and launched_world_size() > 1:
         raise CmkdUsageError(
             f"--device {device} under {launched_world_size()} processes: every process would use that GPU; "
             "give --device cuda (each process takes cuda:LOCAL_RANK)"
         )
+    if device.index is not None and launched_world_size() == 1:
+        return device  # one process: the GPU it was given
     if local >= torch.cuda.device_count():
         raise CmkdError(
             f"process {local} of this node needs cuda:{local} but {torch.cuda.device_count()} CUDA device(s) are "
@@ -136,12 +144,13 @@ def device_for_rank(device: torch.device) -> torch.device:
 
 def setup(device: torch.device) -> DistContext:
     """Join the process group a launcher set up (idempotent) and return this process's context; ``SINGLE``
-    without a launcher. gloo for the CPU, NCCL for CUDA (``device`` must be ``cuda:LOCAL_RANK``)."""
+    without a launcher. gloo for the CPU, NCCL for CUDA (``device`` must be ``cuda:LOCAL_RANK``). One process
+    started by torchrun joins a group too (the DDP path on one GPU, as ``benchmarks/gpu_check.sh`` runs it)."""
     global _current
     if _current is not None:
         return _current
     world = launched_world_size()
-    if world == 1:
+    if not launched():
         return SINGLE
     import torch.distributed as tdist
 
@@ -157,7 +166,7 @@ def setup(device: torch.device) -> DistContext:
             tdist.init_process_group("gloo", timeout=timeout)
         else:
             raise CmkdUsageError(f"several processes need --device cpu or cuda, not {device.type}")
-    _current = DistContext(rank=rank, world_size=world, local_rank=local)
+    _current = DistContext(rank=rank, world_size=world, local_rank=local, group=True)
     return _current
 
 

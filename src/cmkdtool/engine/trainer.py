@@ -100,7 +100,7 @@ class Trainer:
         cfg.validate()
         self.device = data.device
         dist = dist or setup(self.device)  # joins torchrun's process group; one process: SINGLE
-        if dist.active and method.single_process_reason:
+        if dist.world_size > 1 and method.single_process_reason:
             raise CmkdUsageError(
                 f"{method.name} cannot train under {dist.world_size} processes: {method.single_process_reason}; "
                 "run it as one process"
