@@ -192,8 +192,8 @@ spectrum = o.make_command(
     Values are singular values sigma (not sigma^2), descending. effective_rank = exp(entropy of
     p = sigma / sum sigma) (Roy & Vetterli 2007); rankme = the same with p + 1e-7 (RankMe, Garrido et al.
     2023); rank90/rank99 = fewest values whose sigma^2 reach 90%/99% of the total sigma^2; rank_tol = number of
-    sigma > 1.19e-7 * sqrt(sum sigma^2) (the float32 storage error of the matrix; it does not grow with the
-    rows). A collapse shows as a cliff in the sparkline and in --plot. Table columns and features are streamed
-    chunk by chunk (memory O(D^2 + chunk), not O(N D)).
+    sigma > 1.19e-7 * ||X||_F, X as stored before centring (its float32 storage error; it does not grow with
+    the rows). A collapse shows as a cliff in the sparkline and in --plot. Table columns and features are
+    streamed chunk by chunk (memory O(D^2 + chunk), not O(N D)).
     """,
 )
