@@ -152,7 +152,11 @@ class Trainer:
             self.step_module = DDP(
                 self.step_module,
                 device_ids=None,  # the batch is already on this process's device: no input moves
-                find_unused_parameters=True,  # a term switched off (--task-weight 0) leaves parameters unused
+                # a term switched off (--task-weight 0) leaves parameters unused; which ones is fixed for a run
+                # (a method whose trained set changes between steps refuses several processes), so DDP learns
+                # the set in the first step instead of searching the graph every step (compiled: searched)
+                static_graph=cfg.compile == "off",
+                find_unused_parameters=cfg.compile != "off",
                 broadcast_buffers=False,
             )
         self.own_params = {name: list(spec.params) for name, spec in specs.items()}
