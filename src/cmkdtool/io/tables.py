@@ -48,6 +48,8 @@ class FeatureTable:
     notes: list[str] = field(default_factory=list)
     #: every field of the files read (also those not loaded), for hints about missing or misspelled columns
     available: list[pa.Field] = field(default_factory=list)
+    #: feature columns already checked for NaN/inf while reading (``array`` skips its N x D check for them)
+    finite: set[str] = field(default_factory=set)
 
     @property
     def name(self) -> str:
@@ -77,7 +79,7 @@ class FeatureTable:
             )
 
     def ids(self) -> np.ndarray:
-        return np.asarray(self.table.column("id").to_pylist(), dtype=object)
+        return np.asarray(self.table.column("id").to_numpy(zero_copy_only=False), dtype=object)
 
     def shape(self, column: str) -> tuple[int, ...]:
         """Per-sample shape of a modality column: field metadata ``shape`` or ``[D]``."""
@@ -115,7 +117,7 @@ class FeatureTable:
         if arr.dtype != np.float32:
             arr = arr.astype(np.float32)
         arr = arr.reshape(self.num_rows, dim)
-        if check_finite:
+        if check_finite and column not in self.finite:
             bad = ~np.isfinite(arr)
             if bad.any():
                 rows = np.nonzero(bad.any(axis=1))[0]
@@ -165,11 +167,12 @@ class FeatureTable:
             col = self.table.column("split")
             if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
                 raise CmkdError(f"{self.name}: column 'split' must be strings (train/val/test), found {col.type}")
-            values = np.asarray(col.to_pylist(), dtype=object)
-            bad = sorted({str(v) for v in values if v not in SPLITS})
-            if bad:
+            codes = pa.compute.index_in(col, value_set=pa.array(SPLITS, col.type))
+            if codes.null_count:
+                bad = pa.compute.unique(pa.compute.filter(col, pa.compute.is_null(codes))).to_pylist()
+                bad = sorted(str(v) for v in bad)
                 raise CmkdError(f"{self.name}: column 'split' has values {bad[:5]}; allowed are train, val, test")
-            return values
+            return np.asarray(SPLITS, dtype=object)[codes.to_numpy(zero_copy_only=False)]
         return hash_split(self.ids(), ratio, seed)
 
 
@@ -301,7 +304,9 @@ class _Part:
                 self.schema = self._reader.schema
                 self.group_rows = [self._reader.get_batch(i).num_rows for i in range(self._reader.num_record_batches)]
             else:
-                self._reader = pq.ParquetFile(path)
+                # no pre-buffering of whole column chunks, buffered page reads: a row group read holds about its
+                # decoded bytes plus 1 MiB, not its compressed chunk as well (measured: pool peak 46 MB, not 107)
+                self._reader = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
                 self.schema = self._reader.schema_arrow
                 md = self._reader.metadata
                 self.group_rows = [md.row_group(i).num_rows for i in range(md.num_row_groups)]
@@ -402,6 +407,53 @@ class TableSource:
         _check_finite_chunk(arr, column, p, g, start)
         return arr
 
+    def check_shards(self, columns: Sequence[str]) -> None:
+        """Every shard of a folder has the ``columns`` of the first with the same type and metadata."""
+        first = self.parts[0]
+        for p in self.parts[1:]:
+            for c in columns:
+                if c not in p.schema.names:
+                    raise CmkdError(f"{p.path}: no column '{c}', which {first.path} has; shards need the same columns")
+                a, b = first.schema.field(c), p.schema.field(c)
+                if a.type != b.type or (a.metadata or {}).get(b"shape") != (b.metadata or {}).get(b"shape"):
+                    what = "width" if _is_feature_type(a.type) else "type"
+                    raise CmkdError(
+                        f"{p.path}: column '{c}' is {b.type} but {first.path} has {a.type}; shards of one table need "
+                        f"the same {what} for every column"
+                    )
+
+    def read_column(self, column: str) -> tuple[pa.FixedSizeListArray, bool]:
+        """Feature column ``column`` read row group by row group into one preallocated float32 array, wrapped as a
+        ``fixed_size_list<float32>[D]`` Arrow array without a copy; and whether every value is finite (checked
+        per row group, so the load needs no N x D temporary). Nulls and ragged rows are errors, as for
+        ``FeatureTable.array``."""
+        dim = self.column_dim(column)
+        out = np.empty((self.num_rows, dim), np.float32)
+        finite = True
+        for part, g, start, n in self.groups:
+            p = self.parts[part]
+            if p.kind == "ipc":
+                arr = _column_numpy(p.read_group(g, [column]).column(column), column, p.path, n, dim)
+                out[start : start + n] = arr
+                finite = finite and bool(np.isfinite(arr).all())
+                continue
+            pos = start
+            try:
+                batches = p._reader.iter_batches(batch_size=8192, row_groups=[g], columns=[column], use_threads=False)
+                for b in batches:
+                    col = pa.chunked_array([b.column(0)])
+                    _column_dim(col, b.schema.field(0), p.path)  # ragged list rows: the one-line error
+                    arr = _column_numpy(col, column, p.path, b.num_rows, dim)
+                    out[pos : pos + len(arr)] = arr
+                    finite = finite and bool(np.isfinite(arr).all())
+                    pos += len(arr)
+            except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as e:
+                raise _foreign(p.path, e) from e
+            if n * dim * 4 >= 1 << 24:
+                pa.default_memory_pool().release_unused()
+        flat = pa.array(out.reshape(-1))  # zero-copy: Arrow shares the numpy buffer (kept alive by the array)
+        return pa.FixedSizeListArray.from_arrays(flat, dim), finite
+
     def iter_column_chunks(self, column: str, chunk_rows: int = 8192) -> Iterator[np.ndarray]:
         """Float32 (n, D) arrays of ``column`` in row order, row group by row group, at most ``chunk_rows`` rows
         each, each checked for NaN/inf."""
@@ -460,8 +512,19 @@ def iter_column_chunks(path: str | os.PathLike, column: str, *, chunk_rows: int 
 
 
 
-def _read_one(path: str, columns: Sequence[str] | None) -> tuple[pa.Table, pa.Schema]:
-    """The table (only ``columns`` when given) and the full schema of the file."""
+def _is_feature_type(t: pa.DataType) -> bool:
+    return (pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_large_list(t)) and (
+        pa.types.is_floating(t.value_type)
+    )
+
+
+def _read_one(path: str, columns: Sequence[str] | None) -> tuple[pa.Table, pa.Schema, set[str]]:
+    """The table (only ``columns`` when given), the full schema of the file and the feature columns known to be
+    finite (checked chunk by chunk while reading).
+
+    Feature columns (lists of floats, not reserved) are read row group by row group into one preallocated float32
+    array each, wrapped as ``fixed_size_list<float32>`` without a copy: the read holds about 1x the feature bytes
+    plus a row group, not the 4x of a whole-file read. A folder of shards reads as one table."""
     if str(path) == "-":
         if sys.stdin.isatty():
             raise CmkdError("'-' reads an Arrow IPC stream from stdin, but stdin is a terminal; pipe a table in")
@@ -471,22 +534,56 @@ def _read_one(path: str, columns: Sequence[str] | None) -> tuple[pa.Table, pa.Sc
         except pa.ArrowInvalid as e:
             raise CmkdError(f"<stdin>: not an Arrow IPC stream ({e}); pipe the output of a cmkdtool command") from e
         schema = table.schema
-        return (table.select([c for c in columns if c in table.column_names]) if columns else table), schema
-    p = Path(path)
-    if not p.exists():
-        raise CmkdError(f"{path}: no such file")
-    if p.is_dir():
-        raise CmkdError(f"{path}: is a folder, expected a Parquet feature table")
-    try:
-        pf = pq.ParquetFile(p)
-        schema = pf.schema_arrow
-        sel = None if columns is None else [c for c in schema.names if c in set(columns)]
-        return pf.read(columns=sel), schema
-    except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as e:
-        raise CmkdError(
-            f"{path}: not a readable Parquet file ({str(e).splitlines()[0]}); give a table written by "
-            "cmkdtool or by pyarrow as docs/formats.md describes"
-        ) from e
+        return (table.select([c for c in columns if c in table.column_names]) if columns else table), schema, set()
+    src = TableSource(path)
+    schema = src.schema
+    sel = schema.names if columns is None else [c for c in schema.names if c in set(columns)]
+    src.check_shards(sel)
+    feats = [c for c in sel if c not in RESERVED and _is_feature_type(schema.field(c).type)]
+    small = [c for c in sel if c not in feats]
+    parts = [p.read(small) for p in src.parts]
+    small_t = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+    if len(parts) > 1:
+        _check_shard_ids(src, small_t)
+    finite: set[str] = set()
+    fields, arrays = [], []
+    for c in sel:
+        f = schema.field(c)
+        if c in small:
+            fields.append(small_t.schema.field(c))
+            arrays.append(small_t.column(c))
+            continue
+        try:
+            values, ok = src.read_column(c)
+        except CmkdError:  # nulls, ragged rows: read as they are; FeatureTable says what is wrong when used
+            pa.default_memory_pool().release_unused()
+            whole = [p.read([c]).column(c) for p in src.parts]
+            fields.append(f)
+            arrays.append(pa.chunked_array([ch for w in whole for ch in w.chunks], type=f.type))
+            continue
+        if ok:
+            finite.add(c)
+        fields.append(pa.field(c, values.type, nullable=f.nullable, metadata=f.metadata))
+        arrays.append(values)
+    pa.default_memory_pool().release_unused()
+    table = pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=schema.metadata))
+    return table, schema, finite
+
+
+def _check_shard_ids(src: TableSource, small: pa.Table) -> None:
+    """ids unique across the shards of a folder: a duplicate names both files."""
+    if "id" not in small.column_names or small.column("id").null_count:
+        return  # _check_ids says what is wrong
+    ids = small.column("id")
+    if len(pa.compute.unique(ids)) == small.num_rows:
+        return
+    counts = pa.compute.value_counts(ids)
+    dup = next(v["values"].as_py() for v in counts if v["counts"].as_py() > 1)
+    rows = np.nonzero(pa.compute.equal(ids, dup).to_numpy(zero_copy_only=False))[0][:2]
+    starts = np.cumsum([0, *[p.num_rows for p in src.parts]])
+    files = [src.parts[int(np.searchsorted(starts, r, side="right")) - 1].path for r in rows]
+    where = f"in both {files[0]} and {files[1]}" if files[0] != files[1] else f"twice in {files[0]}"
+    raise CmkdError(f"{src.path}: id '{dup}' is {where}; ids must be unique across the shards of a folder table")
 
 
 def _meta_of(table: pa.Table) -> dict:
@@ -534,9 +631,11 @@ def read_tables(paths: Sequence[str], columns: Sequence[str] | None = None) -> F
     notes: list[str] = []
     owner: dict[str, str] = {}
     available: list[pa.Field] = []
+    finite: set[str] = set()
     for path in paths:
         name = _display(path)
-        t, schema = _read_one(path, want)
+        t, schema, ok = _read_one(path, want)
+        finite |= ok
         available.extend(schema)
         _check_ids(t, name)
         m = _meta_of(t)
@@ -548,7 +647,7 @@ def read_tables(paths: Sequence[str], columns: Sequence[str] | None = None) -> F
             continue
         merged = _join(merged, t, owner, name, notes)
     assert merged is not None
-    ft = FeatureTable(merged, [_display(p) for p in paths], meta, notes, _union_fields(available))
+    ft = FeatureTable(merged, [_display(p) for p in paths], meta, notes, _union_fields(available), finite)
     if columns is not None:
         for c in columns:
             ft.require(c)
@@ -575,8 +674,10 @@ def _join(left: pa.Table, right: pa.Table, owner: dict[str, str], rname: str, no
             f"{rname}: no id in common with {', '.join(sorted(set(owner.values())))}; "
             "tables of different modalities must share the 'id' of each sample"
         )
-    left = left.take(pa.array(lrows))
-    right = right.take(pa.array(rrows))
+    aligned = len(lrows) == left.num_rows and len(rrows) == right.num_rows and bool((rrows == lrows).all())
+    if not aligned:  # rows already in the same id order (one extraction, several tables): no copies
+        left = left.take(pa.array(lrows))
+        right = right.take(pa.array(rrows))
     for c in right.column_names:
         if c == "id":
             continue
