@@ -22,7 +22,9 @@ from cmkdtool.io.tables import build_table, read_tables, write_table
 from cmkdtool.losses.bottleneck import cross_generation, gaussian_kl, reparameterize, vq_losses
 from cmkdtool.methods import registry
 from cmkdtool.methods.bottleneck import evaluate, feature_data
+from cmkdtool.methods.ciba import subdim_loss
 from cmkdtool.nn.bottleneck import build_bottleneck
+from cmkdtool.nn.criteria import FeatureCriterion
 from cmkdtool.nn.specs import BottleneckOptions, ModelOptions
 from cmkdtool.pipelines.bottleneck import choose_dim, fit_bottleneck
 from cmkdtool.pipelines.train import distill, pretrain
@@ -162,6 +164,18 @@ def test_choose_dim_picks_where_the_spectrum_stops_changing():
     assert choose_dim(spectra, tol=10.0)[0] == 1  # a loose tolerance accepts the smallest H
 
 
+def test_ciba_distillation_term_is_algorithm_2s_squared_distance_without_a_half():
+    # z = [[1, 2, 9], [0, 0, -9]], h' = [[0, 0], [3, 4]], H = 2: rows 1 + 4 = 5 and 9 + 16 = 25, batch mean 15
+    # (Algorithm 2, l_i = ||h'_i - z_i[0:H]||^2; distill feature's Eq. 1 form would give 7.5); the third column
+    # is outside H and ignored
+    z = torch.tensor([[1.0, 2.0, 9.0], [0.0, 0.0, -9.0]])
+    code = torch.tensor([[0.0, 0.0], [3.0, 4.0]])
+    assert subdim_loss(FeatureCriterion("mse"), z, code).item() == 15.0
+    assert FeatureCriterion("mse")(z[:, :2], code).item() == 7.5  # the shared loss keeps Eq. 1's 1/2
+    assert subdim_loss(FeatureCriterion("l1"), z, code).item() == 5.0  # (3 + 7) / 2: other bases unscaled
+    assert registry.get("ciba").params().base == "mse"
+
+
 # ---------------------------------------------------------------- fitting and distilling on data
 
 
@@ -222,6 +236,10 @@ def test_distill_ciba_loss_touches_only_the_first_h_dimensions(gap, tmp_path):
     idx = data.index("train")[:32]
     terms = method.training_step(Batch({k: v[idx] for k, v in data.inputs.items()}, data.target[idx], idx))
     assert set(terms) == {"feat"}
+    with torch.no_grad():  # Algorithm 2's value: the squared distance of the first H dims per row, batch mean
+        z = student.forward_layers({"xb": data.inputs["xb"][idx]}, ["encoders.xb.0"])[1]["encoders.xb.0"]
+        h = bn.code(predict(teacher, data, idx, embeddings=True)[1])
+    assert terms["feat"].item() == pytest.approx((z[:, :3] - h).square().sum(1).mean().item(), rel=1e-5)
     terms["feat"].backward()
     grad = student.encoders["xb"][0].weight.grad  # rows = output dims of the distilled layer
     assert grad[:3].abs().sum() > 0 and grad[3:].abs().sum() == 0

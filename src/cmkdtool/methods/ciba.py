@@ -21,7 +21,12 @@ from cmkdtool.options import opt
 @dataclass
 class CibaParams(FeatureLossOptions):
     bottleneck: str | None = opt(None, "Bottleneck checkpoint from `cmkdtool fit-bottleneck` (required).")
-    base: str = opt("mse", "Base loss on the first H dimensions: " + LOSS_HELP, choices=tuple(FEATURE_LOSSES))
+    base: str = opt(
+        "mse",
+        "Base loss on the first H dimensions: " + LOSS_HELP + " For mse CIBA takes Algorithm 2's ||z[:H] - h'||^2 "
+        "per row (batch mean), twice distill feature's 0.5*||s-t||^2 (--feature-weight 0.5 gives the Eq. 1 scale).",
+        choices=tuple(FEATURE_LOSSES),
+    )
     student_layer: str | None = opt(
         None, "Student layer whose first H dimensions learn h' [default: the bottleneck's student layer]."
     )
@@ -31,9 +36,23 @@ class CibaParams(FeatureLossOptions):
     task_weight: float = opt(1.0, "Weight (>= 0) of the task loss with the labels.", ge=0)
 
 
+ALGORITHM2_SCALE = {"mse": 2.0}
+"""Factor on the base loss so that ``--base mse`` is Algorithm 2's ``||h'_i - z_i[0:H]||_2^2`` (no 1/2; the shared
+``feature_mse`` is Eq. 1's ``1/2 ||.||^2``); the other base losses carry no such factor and are used as they are."""
+
+
+def subdim_loss(criterion, z: Tensor, code: Tensor) -> Tensor:
+    """Algorithm 2's sub-dimensional term: ``criterion(z[:, :H], h')`` with H = ``code``'s width, scaled by
+    ``ALGORITHM2_SCALE`` (mse: ``(1/B) sum_i ||z_i[0:H] - h'_i||^2``, the paper's sum over rows divided by B)."""
+    return ALGORITHM2_SCALE.get(criterion.name, 1.0) * criterion(z[:, : code.shape[1]], code)
+
+
 @register("ciba", CibaParams, "CIBA: a bottleneck feature h' of the teacher distilled into the student's first H dims.")
 class Ciba(Distiller):
     """task_weight * CE + feature_weight * base(z[:, :H], h'),  h' = the bottleneck's code of the teacher feature.
+
+    With ``base`` mse the feature term is Algorithm 2's ``||z_i[0:H] - h'_i||^2`` averaged over the batch
+    (``subdim_loss``), without Eq. 1's factor 1/2 that ``distill feature --loss mse`` keeps.
 
     h' is the mean of the bottleneck encoder (dvib, attention) or its quantised code (vqvae) on the frozen
     teacher's feature at the layer the bottleneck was fitted on (Algorithm 2 line 1). Only the first H dimensions
@@ -93,7 +112,7 @@ class Ciba(Distiller):
     def training_step(self, batch: Batch) -> dict[str, Tensor]:
         logits, feats = self.student.forward_layers(batch.inputs, [self.student_layer])
         code = self.teacher_outputs(batch)["code"]
-        terms = {"feat": self.criterion(feats[self.student_layer][:, : self.dim], code)}
+        terms = {"feat": subdim_loss(self.criterion, feats[self.student_layer], code)}
         if self.params.task_weight:
             terms["ce"] = task_loss(logits, batch.target, self.task)
         return terms
