@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from cmkdtool import __version__
-from cmkdtool.cli import bottleneck, distill, extract, pretrain, salience, spectrum, synth
+from cmkdtool.cli import bottleneck, distill, extract, pretrain, salience, spectrum, synth, table
 from cmkdtool.cli import eval as eval_cmd
 from cmkdtool.cli.common import OneLineGroup, debug_enabled, guard
 
@@ -57,6 +57,7 @@ app.add_typer(distill.app, name="distill")
 app.command("pretrain", no_args_is_help=True)(guard(pretrain.pretrain))
 app.command("eval", no_args_is_help=True)(guard(eval_cmd.evaluate))
 app.command("spectrum", no_args_is_help=True)(guard(spectrum.spectrum))
+app.add_typer(table.app, name="table")
 
 
 class _PipeClosed(BaseException):

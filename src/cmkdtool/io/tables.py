@@ -767,9 +767,13 @@ def write_table(table: pa.Table, path: str | os.PathLike, row_group_size: int | 
 
 
 def file_sha256(path: str | os.PathLike) -> str | None:
-    """sha256 of a file (None for stdin), for provenance metadata."""
+    """sha256 of a file (None for stdin), for provenance metadata. A folder of shards: the sha256 of its lines
+    ``name size sha256`` (one per shard, sorted by name)."""
     if str(path) == "-":
         return None
+    if os.path.isdir(path):
+        lines = [f"{Path(p).name} {os.path.getsize(p)} {file_sha256(p)}\n" for p in shard_paths(path)]
+        return hashlib.sha256("".join(lines).encode()).hexdigest()
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
