@@ -343,8 +343,11 @@ def test_c2_a_large_column_is_streamed_in_bounded_memory(tmp_path):
     tiny = tmp_path / "tiny.parquet"
     write_table(pq.read_table(big).slice(0, 1000), tiny)
     args = ["spectrum", "--column", "xa", "--split", "train", "-f", "json", "-q"]
-    base, _ = _peak_rss_mb([*args, str(tiny), "-o", "tiny-sv.parquet"], tmp_path)
-    peak, out = _peak_rss_mb([*args, str(big), "-o", "big-sv.parquet"], tmp_path)
+    # the smaller of two runs each: a process's peak varies by tens of MB from run to run (allocators return
+    # freed memory to the system on their own schedule), in the baseline as much as in the large run
+    base = min(_peak_rss_mb([*args, str(tiny), "-o", "tiny-sv.parquet"], tmp_path)[0] for _ in range(2))
+    runs = [_peak_rss_mb([*args, str(big), "-o", "big-sv.parquet"], tmp_path) for _ in range(2)]
+    peak, out = min(r[0] for r in runs), runs[0][1]
     assert peak - base <= 100, f"peak {peak:.0f} MB, baseline {base:.0f} MB: {peak - base:.0f} MB above"
     got = json.loads(out)[0]
     assert (got["rows"], got["cols"], got["method"], got["rank_tol"]) == (800_000, d, "tsqr", d)
