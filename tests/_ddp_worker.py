@@ -145,6 +145,10 @@ def runs(out: Path) -> dict[str, dict[str, torch.Tensor]]:
         "kd_unweighted": unweighted(True),
         # --task-weight 0: the head gets no gradient (DDP must cope with unused parameters)
         "feature_no_task": distill("feature", feature(task_weight=0.0, student_layer="encoders.xa.0"), config()),
+        # in-batch negatives: every process gathers the whole global batch's rows (nn.gather), learned temperature;
+        # the teacher runs each step (its cache is float32, these students float64)
+        "feature_clip": distill("feature", feature(loss="clip"), config(), cache_teacher=False),
+        "feature_margin": distill("feature", feature(loss="margin"), config(), cache_teacher=False),
         "critic": with_critic(config(epochs=3)),
         "resume_full": resumed(str(out / "full.state.safetensors"), False),  # rank 0 writes, every rank reads
         "resume_cut": resumed(str(out / "cut.state.safetensors"), True),

@@ -77,6 +77,15 @@ def test_an_unused_head_trains_under_two_processes(library_runs):
     assert max_diff(two["feature_no_task"][0], one["feature_no_task"]) <= 1e-10
 
 
+@pytest.mark.parametrize("loss", ["clip", "margin"])
+def test_in_batch_negatives_are_gathered_across_processes(library_runs, loss):
+    """clip and margin relate every row of the global batch to every other: gathered with gradients, 2 processes
+    with their uneven halves (32 + 31) train the one-process model."""
+    one, two = library_runs
+    assert max_diff(two[f"feature_{loss}"][0], two[f"feature_{loss}"][1]) == 0.0
+    assert max_diff(two[f"feature_{loss}"][0], one[f"feature_{loss}"]) <= 1e-10
+
+
 def test_own_optimizer_gradients_are_averaged(library_runs):
     one, two = library_runs
     assert any(k.startswith("critic.") for k in one["critic"])

@@ -66,9 +66,10 @@ def check_pair(student: Tensor, teacher: Tensor, why: str = "") -> None:
 
 
 def _flat_pair(student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
-    """Check the shapes and return both as (B, D) tensors in the compute dtype."""
+    """Check the shapes and return both as (B, D) tensors in one compute dtype (float64 when either is)."""
     check_pair(student, teacher)
-    return _compute_dtype(student).flatten(1), _compute_dtype(teacher).flatten(1)
+    s, t = _compute_dtype(student).flatten(1), _compute_dtype(teacher).flatten(1)
+    return (s.double(), t.double()) if torch.float64 in (s.dtype, t.dtype) else (s, t)
 
 
 def feature_mse(student: Tensor, teacher: Tensor) -> Tensor:

@@ -75,8 +75,6 @@ class Ciba(Distiller):
         self.teacher_layer = spec.get("teacher", {}).get("layer", "embedding")
         self.student_layer = params.student_layer or spec.get("student", {}).get("layer", "embedding")
         self.criterion = params.criterion(params.base)
-        if self.criterion.batch_coupled:
-            self.single_process_reason = f"--base {self.criterion.name} takes its negatives from the whole batch"
         recorded = spec.get("teacher", {})
         if recorded.get("weights") and recorded["weights"] != tensor_digest(teacher.state_dict()):
             raise CmkdError(

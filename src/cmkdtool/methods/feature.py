@@ -65,8 +65,6 @@ class Feature(Distiller):
     def __init__(self, student, teacher, params: FeatureParams, task: str, cache_teacher: bool = True):
         super().__init__(student, teacher, params, task, cache_teacher)
         self.criterion = params.criterion(params.loss)
-        if self.criterion.batch_coupled:
-            self.single_process_reason = f"--loss {self.criterion.name} takes its negatives from the whole batch"
         s_dim, t_dim = student.layer_width(params.student_layer), teacher.layer_width(params.teacher_layer)
         self.projector = projector(params.projector, params.student_layer, s_dim, params.teacher_layer, t_dim)
         self.loss_weights = {"feat": params.feature_weight, "ce": params.task_weight}

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from cmkdtool.errors import CmkdUsageError
 from cmkdtool.losses import FEATURE_LOSSES
+from cmkdtool.nn.gather import gather_rows
 
 CLIP_TEMPERATURE = 0.07  # CLIP's initial temperature (Radford et al. 2021)
 CLIP_MAX_SCALE = 100.0  # CLIP clamps the learned logit scale 1/tau at 100
@@ -72,7 +73,8 @@ class FeatureCriterion(nn.Module):
 
     @property
     def batch_coupled(self) -> bool:
-        """Whether the loss compares every row of a batch with every other (clip, margin: in-batch negatives)."""
+        """Whether the loss compares every row of a batch with every other (clip, margin: in-batch negatives; under
+        DDP the rows of every process are gathered first, ``nn.gather``)."""
         return self.name in BATCH_COUPLED
 
     def scale(self) -> Tensor:
@@ -80,6 +82,8 @@ class FeatureCriterion(nn.Module):
         return self.log_scale.clamp(max=math.log(CLIP_MAX_SCALE)).exp()
 
     def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
+        if self.batch_coupled:  # under DDP: the negatives of the whole global batch, as in one process
+            student, teacher = gather_rows(student), gather_rows(teacher)
         if self.name == "clip":
             return self.fn(student, teacher, logit_scale=self.scale())
         return self.fn(student, teacher, **self.kwargs)
