@@ -47,7 +47,8 @@ Per seed and architecture, ``no KD`` is the student trained with the labels alon
    [1,2,4,...,hidden], with its decoded-output spectrum on the val rows (Fig. 5b);
 3. the H ``choose_dim`` picks from the decoded spectra (tolerance ``tol`` [0.1] decades): the sweep rule, no test
    label used; ``CIBA`` is ``distill ciba`` (base mse, Algorithm 2's ``||z[:H] - h'||^2`` per row, feature weight
-   1, task weight 1) with that H's bottleneck (``--all-dims``: a CIBA student for every H, for the sweep plot);
+   ``ciba-weight`` [1; 0.5 gives Eq. 1's 1/2 form, the scale distill ciba had before issue 17], task weight 1)
+   with that H's bottleneck (``--all-dims``: a CIBA student for every H, for the sweep plot);
 4. ``control`` (no teacher): a bottleneck of the same H and options fitted from the no-KD student's features at the
    distilled layer to themselves, and ``distill ciba`` with the no-KD student as the frozen "teacher": the same
    loss, the same H, the same kind of target code, but no information from xa. What it gains over no KD is
@@ -197,7 +198,7 @@ def run_seed(seed: int, args, dims: list[int], workdir: Path) -> dict:
     def ciba_student(bn, name: str, teacher_model, model: ModelOptions):
         path = workdir / f"{name}.safetensors"
         save_checkpoint(path, bn.state_dict(), bn.spec, {})
-        params = ciba.params(bottleneck=str(path), base="mse", feature_weight=1.0, task_weight=1.0)
+        params = ciba.params(bottleneck=str(path), base="mse", feature_weight=args.ciba_weight, task_weight=1.0)
         return distill(ciba, params, data, teacher_model, ["xb"], model=model, config=cfg, quiet=True)[0]
 
     baselines = {}
@@ -434,6 +435,10 @@ def report(runs: list[dict], args, dims: list[int]) -> None:
         ciba = [c["methods"]["CIBA"]["acc"] for c in cs]
         ctrl = [c["methods"]["control"]["acc"] for c in cs]
         print(f"| CIBA minus control (what the teacher adds) | | {paired(ciba, ctrl)} | | |")
+        if arch == "trunk":  # against the best student without a teacher here, the one without a trunk
+            for m in ("CIBA", "control"):
+                acc = [c["methods"][m]["acc"] for c in cs]
+                print(f"| {m} minus no KD one-layer (no trunk) | | {paired(acc, flat)} | | |")
         print()
     print(
         "(mean ± sample std over seeds; paired: the difference to no KD of the same architecture and seed, in "
@@ -506,6 +511,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kl-weight", type=float, default=1e-3)
     p.add_argument("--dims", default="", help="bottleneck dimensions H [1,2,4,... up to --hidden]")
     p.add_argument("--tol", type=float, default=0.1, help="choose_dim tolerance (decades)")
+    p.add_argument(
+        "--ciba-weight",
+        type=float,
+        default=1.0,
+        help="feature weight of CIBA and the control [1: Algorithm 2's ||z[:H] - h'||^2; 0.5: Eq. 1's 1/2 form]",
+    )
     p.add_argument("--all-dims", action="store_true", help="a CIBA student for every H (for --plot-sweep)")
     p.add_argument("--reference", action="store_true", help="the reference row (trunk student on the teacher table)")
     p.add_argument("--plot-spectrum", default="", help="Fig. 5a-style PNG of the first case ('' for none)")
@@ -513,7 +524,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plot-paired", default="", help="PNG of the per-seed paired differences of every case")
     p.add_argument("--json", default="", help="also write every number and spectrum to this JSON file")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--from-json", default="", help="print the tables of a saved --json run (trains nothing)")
     args = p.parse_args(argv)
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text())
+        for r in saved["runs"]:  # JSON keys are strings
+            for c in r["cases"].values():
+                c["sweep"] = {int(h): v for h, v in c["sweep"].items()}
+        report(saved["runs"], argparse.Namespace(**saved["args"]), saved["dims"])
+        return 0
     if args.dims:
         dims = sorted({int(t) for t in args.dims.split(",") if t.strip()})
     else:
