@@ -39,7 +39,7 @@ def table() -> TensorData:
     split = np.array(["train"] * 240 + ["val"] * 60)
     return TensorData(
         ids=np.array([f"r{i}" for i in range(ROWS)]),
-        inputs={"xa": torch.as_tensor(xa), "xb": torch.as_tensor(xb)},
+        inputs={c: torch.as_tensor(v, dtype=torch.get_default_dtype()) for c, v in (("xa", xa), ("xb", xb))},
         shapes={"xa": (6,), "xb": (5,)},
         target=torch.as_tensor(y, dtype=torch.long),
         labels=y,
@@ -49,6 +49,16 @@ def table() -> TensorData:
         class_names=None,
         source="ddp-test",
     )
+
+
+def float32(fn, *args, **kw):
+    """``fn`` with float32 modules and data (methods whose heads meet the float32 teacher cache)."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        return fn(*args, **kw)
+    finally:
+        torch.set_default_dtype(default)
 
 
 def config(**kw) -> TrainConfig:
@@ -149,6 +159,11 @@ def runs(out: Path) -> dict[str, dict[str, torch.Tensor]]:
         # the teacher runs each step (its cache is float32, these students float64)
         "feature_clip": distill("feature", feature(loss="clip"), config(), cache_teacher=False),
         "feature_margin": distill("feature", feature(loss="margin"), config(), cache_teacher=False),
+        # relations over the batch (pairs, similarity matrices), gathered across processes
+        **{m: distill(m, methods()[m].params(), config(), cache_teacher=False) for m in ("rkd", "pkt", "sp", "dask")},
+        # embedding heads and in-batch InfoNCE (class positives: the labels gathered too); float32, SGD
+        "nce": float32(distill, "nce", methods()["nce"].params(positives="class"), config(optimizer="sgd", lr=0.05)),
+        "gmc": float32(distill, "gmc", methods()["gmc"].params(), config(optimizer="sgd", lr=0.05)),
         "critic": with_critic(config(epochs=3)),
         "resume_full": resumed(str(out / "full.state.safetensors"), False),  # rank 0 writes, every rank reads
         "resume_cut": resumed(str(out / "cut.state.safetensors"), True),

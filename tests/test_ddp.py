@@ -77,6 +77,23 @@ def test_an_unused_head_trains_under_two_processes(library_runs):
     assert max_diff(two["feature_no_task"][0], one["feature_no_task"]) <= 1e-10
 
 
+@pytest.mark.parametrize("method", ["rkd", "pkt", "sp", "dask"])
+def test_batch_relations_are_gathered_across_processes(library_runs, method):
+    """Relational losses (distances, angles, similarity matrices over the batch) see the global batch."""
+    one, two = library_runs
+    assert max_diff(two[method][0], two[method][1]) == 0.0
+    assert max_diff(two[method][0], one[method]) <= 1e-10
+
+
+@pytest.mark.parametrize("method", ["nce", "gmc"])
+def test_in_batch_infonce_is_gathered_across_processes(library_runs, method):
+    """InfoNCE over the batch (nce with class positives: labels gathered too; gmc), float32 with SGD."""
+    one, two = library_runs
+    assert next(iter(one[method].values())).dtype == torch.float32
+    assert max_diff(two[method][0], two[method][1]) == 0.0
+    assert max_diff(two[method][0], one[method]) <= 1e-5
+
+
 @pytest.mark.parametrize("loss", ["clip", "margin"])
 def test_in_batch_negatives_are_gathered_across_processes(library_runs, loss):
     """clip and margin relate every row of the global batch to every other: gathered with gradients, 2 processes
@@ -168,7 +185,7 @@ def test_batch_coupled_methods_refuse_several_processes(monkeypatch):
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)  # the worker's table is float64
     try:
-        with pytest.raises(CmkdUsageError, match="crd cannot train under 2 processes: its loss relates the rows"):
+        with pytest.raises(CmkdUsageError, match="crd cannot train under 2 processes: its memory banks and negative draws are per process"):
             worker.distill("crd", crd(feat_dim=8, nce_k=16), worker.config(epochs=1))
         worker.distill("kd", worker.methods()["kd"].params(), worker.config(epochs=1))  # per-sample: trains
     finally:

@@ -44,6 +44,7 @@ class MemoryDistiller(RelationalDistiller):
     """
 
     normalized_banks = False
+    single_process_reason = "its memory banks and negative draws are per process (not gathered across processes)"
 
     def __init__(self, student, teacher, params: MemoryOptions, task: str, cache_teacher: bool = True):
         super().__init__(student, teacher, params, task, cache_teacher)

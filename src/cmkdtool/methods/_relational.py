@@ -20,6 +20,7 @@ from cmkdtool.errors import CmkdUsageError
 from cmkdtool.losses import hinton_kd, soft_bce_kd
 from cmkdtool.losses.task import task_loss
 from cmkdtool.methods.base import Distiller
+from cmkdtool.nn.gather import gather_rows
 from cmkdtool.options import opt
 
 NEEDS_MAPS = "distill nst needs feature maps: pick a cnn2d layer (see cmkdtool spectrum --list-layers)"
@@ -54,7 +55,7 @@ class RelationalDistiller(Distiller):
 
     term = "rel"
     weight = "weight"
-    single_process_reason = "its loss relates the rows of a batch to each other (pairs, negatives or batch statistics)"
+    single_process_reason = None  # under DDP batch_term sees the whole global batch (nn.gather)
 
     def __init__(self, student, teacher, params, task: str, cache_teacher: bool = True):
         super().__init__(student, teacher, params, task, cache_teacher)
@@ -72,7 +73,9 @@ class RelationalDistiller(Distiller):
         raise NotImplementedError
 
     def batch_term(self, student: Tensor, teacher: Tensor, batch: Batch) -> Tensor:
-        return self.relation(student, teacher)
+        """The relation over the whole batch; under DDP the rows of every process are gathered first (with
+        gradients: the one-process gradient exactly, see ``nn.gather``)."""
+        return self.relation(gather_rows(student), gather_rows(teacher))
 
     def training_step(self, batch: Batch) -> dict[str, Tensor]:
         p = self.params

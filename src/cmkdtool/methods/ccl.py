@@ -52,6 +52,7 @@ class CCL(RelationalDistiller):
 
     term = "nce_vm"
     weight = "nce_weight"
+    single_process_reason = "its class-aware NCE terms take their negatives from one process's rows (not gathered yet)"
 
     def __init__(self, student, teacher, params: CCLParams, task: str, cache_teacher: bool = True):
         super().__init__(student, teacher, params, task, cache_teacher)

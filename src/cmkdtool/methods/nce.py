@@ -14,6 +14,7 @@ from cmkdtool.losses.contrastive import class_nce, info_nce
 from cmkdtool.methods._relational import RelationalDistiller, RelationalOptions
 from cmkdtool.methods.registry import register
 from cmkdtool.nn.contrast import Embed
+from cmkdtool.nn.gather import gather_rows
 from cmkdtool.options import opt
 
 
@@ -57,7 +58,9 @@ class NCE(RelationalDistiller):
         super().setup(data)
 
     def batch_term(self, student: Tensor, teacher: Tensor, batch: Batch) -> Tensor:
-        s, t, p = self.embed_student(student), self.embed_teacher(teacher), self.params
+        # under DDP the negatives are the whole global batch's rows (nn.gather)
+        s, t, p = gather_rows(self.embed_student(student)), gather_rows(self.embed_teacher(teacher)), self.params
         if p.positives == "class":
-            return class_nce(s, t, batch.target, p.temperature) + class_nce(t, s, batch.target, p.temperature)
+            y = gather_rows(batch.target)
+            return class_nce(s, t, y, p.temperature) + class_nce(t, s, y, p.temperature)
         return info_nce(s, t, p.temperature)

@@ -29,8 +29,6 @@ class NST(RelationalDistiller):
     average-pooled to the smaller, as in the reference). Vector layers are refused with a usage error.
     """
 
-    single_process_reason = None  # per-sample kernels (the batch mean is over samples)
-
     term = "nst"
     weight = "nst_weight"
 
