@@ -30,6 +30,10 @@ class TensorData:
     num_classes: int | None
     class_names: list[str] | None
     source: str
+    #: where the feature columns live (``data.placement``): device, host or stream
+    placement: str = "device"
+    #: the training device when the inputs are not device tensors (host and stream placements)
+    place: torch.device | None = None
 
     def index(self, split: str) -> Tensor:
         idx = np.nonzero(self.split == split)[0]
@@ -40,7 +44,7 @@ class TensorData:
 
     @property
     def device(self) -> torch.device:
-        return next(iter(self.inputs.values())).device
+        return self.place if self.place is not None else next(iter(self.inputs.values())).device
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -139,7 +143,7 @@ def load_tensor_data(
     for c in inputs:
         table.require(c, "feature column")
     shapes = {c: table.shape(c) for c in inputs}
-    arrays = {c: table.array(c) for c in inputs}
+    arrays = {c: table.array(c) for c in inputs if c not in table.lazy}  # lazy (streamed) columns stay on disk
     split = table.split_array(split_ratio, split_seed)
     task = labels = target = None
     names = table.class_names()

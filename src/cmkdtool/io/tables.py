@@ -50,6 +50,9 @@ class FeatureTable:
     available: list[pa.Field] = field(default_factory=list)
     #: feature columns already checked for NaN/inf while reading (``array`` skips its N x D check for them)
     finite: set[str] = field(default_factory=set)
+    #: feature columns left on disk (a streamed run): column -> its ``TableSource``; ``require`` and ``shape``
+    #: answer for them from the footer, ``array`` refuses them
+    lazy: dict = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -68,7 +71,7 @@ class FeatureTable:
         return _feature_names(self.table.schema)
 
     def require(self, column: str, what: str = "column") -> None:
-        if column not in self.table.column_names:
+        if column not in self.table.column_names and column not in self.lazy:
             fields = _union_fields([*self.table.schema, *self.available])
             have = ", ".join(_feature_names(fields)) or "none"
             hint = _closest(column, [f.name for f in fields])
@@ -84,8 +87,12 @@ class FeatureTable:
     def shape(self, column: str) -> tuple[int, ...]:
         """Per-sample shape of a modality column: field metadata ``shape`` or ``[D]``."""
         self.require(column)
-        f = self.table.schema.field(column)
-        dim = _column_dim(self.table.column(column), f, self.name)
+        if column in self.lazy:
+            src = self.lazy[column]
+            f, dim = src.schema.field(column), src.column_dim(column)
+        else:
+            f = self.table.schema.field(column)
+            dim = _column_dim(self.table.column(column), f, self.name)
         if f.metadata and b"shape" in f.metadata:
             try:
                 shape = tuple(int(s) for s in json.loads(f.metadata[b"shape"]))
@@ -101,6 +108,8 @@ class FeatureTable:
     def array(self, column: str, check_finite: bool = True) -> np.ndarray:
         """The column as a float32 (N, D) array; zero-copy when the column is one null-free chunk."""
         self.require(column)
+        if column in self.lazy:
+            raise CmkdError(f"{self.name}: column '{column}' is streamed from disk (--data-placement stream), not held")
         f = self.table.schema.field(column)
         col = self.table.column(column)
         dim = _column_dim(col, f, self.name)

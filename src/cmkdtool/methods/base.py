@@ -13,7 +13,7 @@ from cmkdtool.data.tensors import TensorData
 from cmkdtool.engine.inference import predict
 from cmkdtool.engine.method import Batch, Method
 from cmkdtool.losses.task import task_loss
-from cmkdtool.nn.inference import LazyRows, map_rows
+from cmkdtool.nn.inference import LazyRows, eval_mode, map_rows
 from cmkdtool.options import check, opt
 
 PROJECTOR_MODES = ("auto", "linear", "none")
@@ -126,6 +126,7 @@ class Distiller(TaskMethod):
         self.task = task
         self.cache_teacher = cache_teacher
         self._cache: dict[str, Tensor] | None = None
+        self._rows: Tensor | None = None  # global row -> position in the cache (-1: not cached)
 
     @classmethod
     def from_context(cls, student: nn.Module, params, ctx: DistillContext) -> Distiller:
@@ -148,14 +149,42 @@ class Distiller(TaskMethod):
         return {k: v.float() for k, v in feats.items()}
 
     def setup(self, data: TensorData) -> None:
+        """Cache the frozen teacher's outputs for the train rows (the only rows a step reads), indexed by global
+        row through ``_rows`` (-1: not cached). In memory the teacher runs over contiguous chunks of every row, as
+        it always has (the same values to the bit), and only the train rows are kept; a streamed table
+        (``data.stream_rows``) gets one sequential pass over the row groups that hold train rows."""
         if not self.cache_teacher or self.teacher is None:
             return
-        parts = map_rows(lambda rows: self._teacher_forward(LazyRows(data.inputs, rows)), len(data))
-        self._cache = {k: torch.cat([p[k] for p in parts]) for k in parts[0]} if parts else {}
+        train = data.index("train")
+        pos = torch.full((len(data),), -1, dtype=torch.long, device=data.device)
+        pos[train] = torch.arange(len(train), device=data.device)
+        stream = getattr(data, "stream_rows", None)
+        if stream is not None:
+            with eval_mode(self.teacher):
+                parts = [(rows, self._teacher_forward(cols)) for rows, cols in stream(train)]
+        else:
+            is_train = pos >= 0
+
+            def run(rows: slice) -> tuple[Tensor, dict[str, Tensor]]:
+                keep = is_train[rows]
+                out = self._teacher_forward(LazyRows(data.inputs, rows))
+                rows_kept = torch.arange(rows.start, rows.stop, device=data.device)[keep]
+                return rows_kept, {k: v[keep] for k, v in out.items()}
+
+            parts = map_rows(run, len(data))
+        self._rows = pos
+        self._cache = {k: torch.cat([p[1][k] for p in parts]) for k in parts[0][1]} if parts else {}
+        if parts:  # rows arrive in file order, which is the order of ``train`` (sorted)
+            order = torch.cat([p[0] for p in parts])
+            if not torch.equal(order, train):
+                at = torch.empty_like(order)
+                at[pos[order]] = torch.arange(len(order), device=order.device)
+                self._cache = {k: v[at] for k, v in self._cache.items()}
 
     def teacher_outputs(self, batch: Batch) -> dict[str, Tensor]:
         if self._cache is not None:
-            return {k: v[batch.index] for k, v in self._cache.items()}
+            rows = self._rows[batch.index]
+            return {k: v[rows] for k, v in self._cache.items()}
         return self._teacher_forward(batch.inputs)
 
 

@@ -73,6 +73,9 @@ class Standardize(nn.Module):
         float32 (torch's pairwise summation) and accumulated in float64. Contiguous rows are read as views;
         no full copy of the data is made.
         """
+        stream = getattr(x, "stream_rows", None)  # a streamed column (data.placement): one pass over row groups
+        if stream is not None:
+            return self._fit_chunks(rows for _, rows in stream(index))
         n = x.shape[0] if index is None else len(index)
         if n == 0:
             return
@@ -86,6 +89,29 @@ class Standardize(nn.Module):
             d = rows.flatten(1) - shift
             s1 += d.sum(0).double()
             s2 += d.square().sum(0).double()
+        m1 = s1 / n
+        std = (s2 / n - m1.square()).clamp_min(0).sqrt()
+        std = torch.where(std > 1e-8, std, torch.ones_like(std))
+        self.mean.copy_((shift.double() + m1).to(self.mean.dtype))
+        self.std.copy_(std.to(self.std.dtype))
+
+    def _fit_chunks(self, chunks) -> None:
+        """The same statistics from row blocks arriving one at a time (a streamed table): shifted by the first row,
+        summed per block in float32, accumulated in float64."""
+        n, shift, s1, s2 = 0, None, None, None
+        for rows in chunks:
+            if not len(rows):
+                continue
+            if shift is None:
+                shift = rows[0].flatten()
+                s1 = torch.zeros(self.mean.shape, dtype=torch.float64, device=rows.device)
+                s2 = torch.zeros_like(s1)
+            d = rows.flatten(1) - shift
+            s1 += d.sum(0).double()
+            s2 += d.square().sum(0).double()
+            n += len(rows)
+        if n == 0:
+            return
         m1 = s1 / n
         std = (s2 / n - m1.square()).clamp_min(0).sqrt()
         std = torch.where(std > 1e-8, std, torch.ones_like(std))

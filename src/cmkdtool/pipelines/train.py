@@ -212,7 +212,8 @@ def run_pretrain(
     model = model or ModelOptions()
     ratio, seed = split_rule(split_ratio, split_seed)
     dev = resolve(device)
-    opened = open_tables(tables, list(inputs), dev, split_ratio=ratio, split_seed=seed, require_train_classes=True)
+    opened = open_tables(tables, list(inputs), dev, split_ratio=ratio, split_seed=seed, require_train_classes=True,
+                         placement=cfg.data_placement, shuffle_buffer=cfg.shuffle_buffer, quiet=quiet)  # fmt: skip
     show_notes(opened.notes, quiet)
     net, result = pretrain(
         opened.data, model=model, role=role, config=cfg, mask=mask, quiet=quiet, state_file=state_file, resume=resume
@@ -221,6 +222,7 @@ def run_pretrain(
         "method": "supervised",
         "config": cfg.record(),
         "device": str(dev),
+        "placement": opened.data.placement,
         "split_ratio": ratio,
         "split_seed": seed,
     }
@@ -274,14 +276,16 @@ def run_distill(
     if teacher is not None:
         opened = open_checkpoint(
             teacher, tables, dev, columns=[*student_inputs, *extra], split_ratio=split_ratio, split_seed=split_seed,
-            mask=mask, mask_seed=cfg.seed, require_train_classes=True,
+            mask=mask, mask_seed=cfg.seed, require_train_classes=True, placement=cfg.data_placement,
+            shuffle_buffer=cfg.shuffle_buffer, quiet=quiet,
         )  # fmt: skip
         data, teacher_net = opened.data, opened.model
     else:
         if mask is not None and mask.mask:
             raise CmkdUsageError("--mask masks the teacher; this run has no --teacher")
         opened = open_tables(tables, [*student_inputs, *extra], dev, split_ratio=split_ratio, split_seed=split_seed,
-                             require_train_classes=True)  # fmt: skip
+                             require_train_classes=True, placement=cfg.data_placement,
+                             shuffle_buffer=cfg.shuffle_buffer, quiet=quiet)  # fmt: skip
         data, teacher_net = opened.data, None
     show_notes(opened.notes, quiet)
     for n, p in others.items():
@@ -297,6 +301,7 @@ def run_distill(
         "params": asdict(params),
         "config": cfg.record(),
         "device": str(dev),
+        "placement": data.placement,
         "split_ratio": opened.split_ratio,
         "split_seed": opened.split_seed,
     }

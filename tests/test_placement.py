@@ -1,0 +1,185 @@
+"""Data placements (scale spec B2, B3, B6): device, host and stream, and the auto choice with its note."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.numpy import load_file
+from typer.testing import CliRunner
+
+from cmkdtool.cli.app import app
+from cmkdtool.data.placement import StreamData, parse_size
+from cmkdtool.engine.distributed import DistContext
+from cmkdtool.io.tables import build_table
+from cmkdtool.pipelines.open import open_tables
+
+D = 16
+
+
+def _table(path, n, *, group=500, val_every=10, seed=0, d=D):
+    rng = np.random.default_rng(seed)
+    w = np.random.default_rng(99).normal(size=(d, 3)).astype(np.float32)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    split = np.where(np.arange(n) % val_every == 0, "val", "train").astype(object)
+    t = build_table([f"r{i}" for i in range(n)], {"x": x, "z": x[:, :4] * 2}, label=(x @ w).argmax(1), split=split)
+    pq.write_table(t, path, row_group_size=group)
+    return path
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    return _table(tmp_path_factory.mktemp("placement") / "t.parquet", 6000)
+
+
+def _run(*args, env=None, monkeypatch=None):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_parse_size():
+    assert parse_size("256MB") == 256_000_000 and parse_size("2GiB") == 2 * 2**30 and parse_size("1000") == 1000
+    with pytest.raises(Exception, match="give a size"):
+        parse_size("lots")
+
+
+def test_device_and_host_give_bit_identical_weights(tmp_path, table):
+    """B3: the host placement draws the same batches as device; on the CPU the weights are bit-identical (a
+    pretrain and a cached-teacher KD run, which also checks the train-rows-only teacher cache)."""
+    common = ["--arch", "mlp", "--hidden", "8", "--epochs", "2", "--device", "cpu", "-q"]
+    out = {}
+    for p in ("device", "host"):
+        o = tmp_path / f"t_{p}.safetensors"
+        assert _run("pretrain", table, "-i", "x", *common, "--data-placement", p, "-o", o).exit_code == 0
+        k = tmp_path / f"kd_{p}.safetensors"
+        res = _run("distill", "kd", table, "-t", tmp_path / "t_device.safetensors", "-i", "z", *common,
+                   "--data-placement", p, "-o", k)  # fmt: skip
+        assert res.exit_code == 0, res.stderr
+        out[p] = (load_file(o), load_file(k))
+        with safe_open(str(k), "pt") as f:
+            assert f'"placement": "{p}"' in f.metadata()["cmkdtool.train"]
+    for a, b in zip(out["device"], out["host"], strict=True):
+        assert all(np.array_equal(a[n], b[n]) for n in a)
+
+
+def _stream(table, **kw):
+    opened = open_tables([str(table)], ["x"], "cpu", placement="stream", **kw)
+    assert isinstance(opened.data, StreamData) and opened.data.placement == "stream"
+    return opened.data
+
+
+def test_stream_sees_every_train_row_once_per_epoch(table):
+    data = _stream(table, shuffle_buffer=3)
+    train = data.index("train")
+    src = data.train_batches(train, 64, None)
+    gen = torch.Generator().manual_seed(0)
+    x = pq.read_table(table).column("x").combine_chunks().flatten().to_numpy().reshape(-1, D)
+    orders = []
+    for _ in range(2):
+        batches = list(src.epoch(gen))
+        assert len(batches) == src.steps_per_epoch
+        idx = torch.cat([b.index for b in batches])
+        assert sorted(idx.tolist()) == train.tolist()  # every train row exactly once, no val row
+        b = batches[5]
+        assert np.array_equal(b.inputs["x"].numpy(), x[b.index.numpy()])  # features travel with their row
+        assert torch.equal(b.target, data.target[b.index])
+        orders.append(idx)
+    assert not torch.equal(orders[0], orders[1])  # another permutation each epoch
+    first = torch.Generator().manual_seed(0)
+    again = torch.cat([b.index for b in src.epoch(first)])
+    assert torch.equal(again, orders[0])  # the order follows the trainer's generator (resume repeats it)
+
+
+def test_stream_under_two_ranks_splits_rows_and_keeps_steps_equal(table):
+    """B6 at the unit level: disjoint parts, together every train row once, the same number of steps, and
+    Batch.share = local rows x W / global rows."""
+    data = _stream(table, shuffle_buffer=2)
+    train = data.index("train")
+    parts, steps, shares = [], [], []
+    for r in range(2):
+        src = data.train_batches(train, 100, DistContext(rank=r, world_size=2))
+        batches = list(src.epoch(torch.Generator().manual_seed(3)))
+        parts.append(torch.cat([b.index for b in batches]))
+        steps.append(len(batches))
+        shares.append([(len(b.index), b.share) for b in batches])
+    assert steps[0] == steps[1] == src.steps_per_epoch
+    assert not set(parts[0].tolist()) & set(parts[1].tolist())
+    assert sorted(parts[0].tolist() + parts[1].tolist()) == train.tolist()
+    for (n0, s0), (n1, s1) in zip(*shares, strict=True):
+        assert s0 == pytest.approx(n0 * 2 / (n0 + n1)) and s1 == pytest.approx(n1 * 2 / (n0 + n1))
+
+
+def test_stream_learns_within_two_points_of_device(tmp_path):
+    path = _table(tmp_path / "learn.parquet", 20000, group=1000, seed=1)
+    acc = {}
+    for p in ("device", "stream"):
+        o = tmp_path / f"{p}.safetensors"
+        res = _run("pretrain", path, "-i", "x", "--arch", "linear", "--epochs", "3", "--lr", "0.01", "--device", "cpu",
+                   "--batch-size", "128", "--data-placement", p, "--shuffle-buffer", "4", "-q", "-o", o)  # fmt: skip
+        assert res.exit_code == 0, res.stderr
+        import json
+
+        with safe_open(str(o), "pt") as f:
+            acc[p] = json.loads(f.metadata()["cmkdtool.train"])["best_metrics"]["val/accuracy"]
+    assert acc["device"] > 0.85 and abs(acc["device"] - acc["stream"]) <= 0.02, acc
+
+
+def test_stream_distills_with_a_streamed_teacher_cache(tmp_path, table):
+    t = tmp_path / "t.safetensors"
+    assert _run("pretrain", table, "-i", "x", "--arch", "linear", "--epochs", "3", "--device", "cpu", "-q",
+                "-o", t).exit_code == 0  # fmt: skip
+    res = _run("distill", "kd", table, "-t", t, "-i", "z", "--arch", "linear", "--epochs", "3", "--device", "cpu",
+               "--data-placement", "stream", "-q", "-o", tmp_path / "s.safetensors")  # fmt: skip
+    assert res.exit_code == 0, res.stderr
+
+
+def test_auto_chooses_by_budget_and_says_why(tmp_path, table, monkeypatch):
+    out = tmp_path / "a.safetensors"
+    monkeypatch.setenv("CMKDTOOL_MEMORY_BUDGET", "100kB")
+    res = _run("pretrain", table, "-i", "x", "--arch", "linear", "--epochs", "1", "--device", "cpu", "-o", out)
+    assert res.exit_code == 0, res.stderr
+    assert "note: " in res.stderr and "do not fit in 100 kB" in res.stderr and "streaming row groups" in res.stderr
+    with safe_open(str(out), "pt") as f:
+        assert '"placement": "stream"' in f.metadata()["cmkdtool.train"]
+    res = _run("pretrain", table, "-i", "x", "--arch", "linear", "--epochs", "1", "--device", "cpu", "-q", "-o", out)
+    assert res.exit_code == 0 and res.stderr == ""
+    monkeypatch.setenv("CMKDTOOL_MEMORY_BUDGET", "1GB")
+    res = _run("pretrain", table, "-i", "x", "--arch", "linear", "--epochs", "1", "--device", "cpu", "-o", out)
+    assert res.exit_code == 0 and "streaming" not in res.stderr
+    with safe_open(str(out), "pt") as f:
+        assert '"placement": "device"' in f.metadata()["cmkdtool.train"]
+
+
+def test_stdin_cannot_stream(table):
+    res = CliRunner().invoke(app, ["pretrain", "-", "-i", "x", "--data-placement", "stream", "-o", "x.safetensors"],
+                             input=b"")  # fmt: skip
+    assert res.exit_code == 2 and "cannot be streamed" in res.stderr and "write it to a file" in res.stderr
+
+
+_PEAK = "import resource, runpy, sys; sys.argv = ['cmkdtool', *sys.argv[1:]]\ntry:\n    runpy.run_module('cmkdtool', run_name='__main__')\nfinally:\n    print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, file=sys.stderr)\n"  # noqa: E501
+
+
+def _peak(path, out, budget):
+    env = {"CMKDTOOL_MEMORY_BUDGET": budget, "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(
+        [sys.executable, "-c", _PEAK, "pretrain", str(path), "-i", "x", "--arch", "linear", "--epochs", "1",
+         "--batch-size", "512", "--device", "cpu", "-o", str(out)],
+        capture_output=True, text=True, timeout=200, env=env,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    return int(res.stderr.split("PEAK")[-1].split()[0]), res.stderr
+
+
+def test_streamed_pretrain_peaks_near_the_budget(tmp_path):
+    """B2 at a CI size: a 120k x 256 table (123 MB, 8192-row groups) under a 32 MB budget streams and peaks
+    within 1.2 x the budget above the same command on a tiny table (ru_maxrss of the child)."""
+    big = _table(tmp_path / "big.parquet", 120_000, group=8192, val_every=50, d=256)
+    tiny = _table(tmp_path / "tiny.parquet", 1000, group=8192, val_every=50, d=256)
+    base, _ = _peak(tiny, tmp_path / "tiny.safetensors", "32MB")
+    peak, err = _peak(big, tmp_path / "big.safetensors", "32MB")
+    assert "streaming row groups" in err
+    assert peak - base <= 1.2 * 32e6, (peak - base) / 1e6
