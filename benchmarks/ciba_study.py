@@ -69,8 +69,8 @@ Measured numbers and their reading: docs/benchmarks.md, section "CIBA on synthet
 
     python benchmarks/ciba_study.py --json out/ciba_study.json    # 10 seeds, 3 cases; ~2 min a seed on 1 thread
     python benchmarks/ciba_study.py --seeds 2 --cases trunk-linear --dims 1,4,16,64   # quick
-    python benchmarks/ciba_study.py --cases flat-linear --all-dims \\
-        --plot-spectrum docs/img/ciba_spectrum.png --plot-sweep docs/img/ciba_sweep.png   # Fig. 5a-c, no trunk
+    python benchmarks/ciba_study.py --cases flat-linear --all-dims --ciba-weight 0.5 \\
+        --plot-spectrum docs/img/ciba_spectrum.png --plot-sweep docs/img/ciba_sweep.png   # Fig. 5a-c as measured
 """
 
 from __future__ import annotations
