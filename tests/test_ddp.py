@@ -26,7 +26,14 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CMKDTOOL_DIST_TIMEOUT": "60"}
 
 
 def launch(args: list[str], timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([*TORCHRUN, *args], capture_output=True, text=True, env=ENV, timeout=timeout, check=False)
+    """torchrun with 2 processes; one retry when gloo aborted a process at exit (SIGABRT after the work is done:
+    about one launch in 10 on a busy 2-core machine, spec 2.4), never for any other failure."""
+    for attempt in (1, 2):
+        done = subprocess.run([*TORCHRUN, *args], capture_output=True, text=True, env=ENV, timeout=timeout,
+                              check=False)  # fmt: skip
+        if attempt == 2 or "Signal 6 (SIGABRT)" not in done.stderr:
+            return done
+    return done
 
 
 def load(path: Path) -> dict[str, torch.Tensor]:
@@ -185,7 +192,7 @@ def test_batch_coupled_methods_refuse_several_processes(monkeypatch):
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)  # the worker's table is float64
     try:
-        with pytest.raises(CmkdUsageError, match="crd cannot train under 2 processes: its memory banks and negative draws are per process"):
+        with pytest.raises(CmkdUsageError, match="crd cannot train under 2 processes: its memory banks and negative"):
             worker.distill("crd", crd(feat_dim=8, nce_k=16), worker.config(epochs=1))
         worker.distill("kd", worker.methods()["kd"].params(), worker.config(epochs=1))  # per-sample: trains
     finally:

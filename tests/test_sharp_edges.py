@@ -56,7 +56,7 @@ def test_eval_topk_must_be_positive_and_is_named(mfh_table, trained, topk):
 
 def test_help_lists_commands_in_pipeline_order_with_whole_summaries():
     out = invoke("--help").stdout
-    order = ["synth", "extract", "pretrain", "rank-salience", "fit-bottleneck", "distill", "eval", "spectrum", "table"]
+    order = ["synth", "extract", "table", "pretrain", "rank-salience", "fit-bottleneck", "distill", "eval", "spectrum"]
     listed = [ln.split()[0] for ln in out.split("Commands:")[1].splitlines() if ln.startswith("  ") and ln[2] != " "]
     assert listed == order
     assert "(Eq.\n" not in out and not out.rstrip().endswith("(Eq.")

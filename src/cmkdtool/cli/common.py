@@ -98,6 +98,16 @@ def train_setup(kw: dict, *, processes: bool = False):
     return cfg, dev
 
 
+def end_processes() -> None:
+    """Under torchrun: wait until every process is done (rank 0 has written), then leave the process group
+    (an orderly end: gloo can abort at exit when a process leaves a live group); nothing in one process."""
+    if "torch" not in sys.modules:
+        return
+    from cmkdtool.engine.distributed import shutdown
+
+    shutdown()
+
+
 def is_main_process() -> bool:
     """Whether this process writes outputs (rank 0 under torchrun; always in one process)."""
     from cmkdtool.engine.distributed import current
@@ -234,7 +244,17 @@ def summary_line(doc: str | None) -> str:
         start = end + 2
 
 
-PIPELINE_ORDER = ("synth", "extract", "pretrain", "rank-salience", "fit-bottleneck", "distill", "eval", "spectrum")
+PIPELINE_ORDER = (
+    "synth",
+    "extract",
+    "table",
+    "pretrain",
+    "rank-salience",
+    "fit-bottleneck",
+    "distill",
+    "eval",
+    "spectrum",
+)
 """Commands in the order a study runs them (how ``cmkdtool --help`` lists them)."""
 
 

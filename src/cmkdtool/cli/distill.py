@@ -14,6 +14,7 @@ from cmkdtool.cli.common import (
     SplitSeedOpt,
     SummaryGroup,
     check_output,
+    end_processes,
     guard,
     is_main_process,
     mask_options,
@@ -127,9 +128,9 @@ def _run(info, kw: dict) -> None:
         resume=kw["resume"],
     )
     if is_main_process():  # rank 0 alone writes under torchrun
-        trained.record["world_size"] = trained.fit.world_size
         history = trained.save(output)
         note(f"wrote {output} ({trained.summary()}) and {history}", quiet)
+    end_processes()
 
 
 def method_command(info) -> typer.core.TyperCommand:

@@ -13,6 +13,7 @@ import typer
 from cmkdtool.cli import options as o
 from cmkdtool.cli.common import (
     check_output,
+    end_processes,
     is_main_process,
     mask_options,
     note,
@@ -85,9 +86,9 @@ def _run(kw: dict) -> None:
         resume=kw["resume"],
     )
     if is_main_process():  # rank 0 alone writes under torchrun
-        trained.record["world_size"] = trained.fit.world_size
         history = trained.save(output)
         note(f"wrote {output} ({trained.summary()}) and {history}", quiet)
+    end_processes()
 
 
 pretrain = o.make_command(

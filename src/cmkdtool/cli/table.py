@@ -44,8 +44,12 @@ def _report(written, quiet: bool) -> None:
 @guard
 def convert(
     input: Annotated[
-        str, typer.Argument(help="Table to read: a Parquet file, an Arrow IPC file, a folder of shards, or '-' "
-                            "(an Arrow IPC stream on stdin).", show_default=False)
+        str,
+        typer.Argument(
+            help="Table to read: a Parquet file, an Arrow IPC file, a folder of shards, or '-' "
+            "(an Arrow IPC stream on stdin).",
+            show_default=False,
+        ),
     ],  # fmt: skip
     output: Annotated[str, typer.Option("--output", "-o", help="Output file.", show_default=False)],
     format: FormatOpt = "auto",
@@ -67,8 +71,11 @@ def convert(
 @guard
 def join(
     tables: Annotated[
-        list[str], typer.Argument(help="Tables to join (Parquet files, Arrow IPC files or folders of shards); the "
-                                  "first sets the row order.", show_default=False)
+        list[str],
+        typer.Argument(
+            help="Tables to join (Parquet files, Arrow IPC files or folders of shards); the first sets the row order.",
+            show_default=False,
+        ),
     ],  # fmt: skip
     output: Annotated[str, typer.Option("--output", "-o", help="Output file.", show_default=False)],
     format: FormatOpt = "auto",

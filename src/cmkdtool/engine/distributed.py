@@ -176,9 +176,10 @@ def current() -> DistContext:
 
 
 def shutdown() -> None:
-    """Leave the process group (after the last collective)."""
+    """Wait for every process, then leave the process group (after the last collective; no-op without one)."""
     global _current
     if _current is not None and torch.distributed.is_initialized():
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     _current = None
 

@@ -520,7 +520,6 @@ def iter_column_chunks(path: str | os.PathLike, column: str, *, chunk_rows: int 
     yield from open_source(path).iter_column_chunks(column, chunk_rows)
 
 
-
 def _is_feature_type(t: pa.DataType) -> bool:
     return (pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_large_list(t)) and (
         pa.types.is_floating(t.value_type)

@@ -11,6 +11,8 @@ methods write what the command writes (``.save``, ``.write``, ``.plot``), byte f
                                                       run_synth_spoof(...)
     cmkdtool extract KIND SOURCE -o OUT               run_extract_table(KIND, SOURCE, extractor, OUT, ...) (streams)
     cmkdtool extract array SOURCE -o OUT              run_extract_array(SOURCE, ...).write(OUT)
+    cmkdtool table convert IN -o OUT                  convert_table(IN, OUT, ...) (streams)
+    cmkdtool table join A B... -o OUT                 join_tables([A, B, ...], OUT, ...) (out of core)
 
 ``open_checkpoint`` / ``open_tables`` (``pipelines.open``) are the shared first step. Files record the command
 line given as ``command=`` (default: this process's); give the CLI's to get the same bytes as the CLI.
@@ -33,6 +35,8 @@ _WHERE = {
     "run_synth_spoof": "synth",
     "run_extract_table": "extract",
     "run_extract_array": "extract",
+    "convert_table": "table",
+    "join_tables": "table",
     "open_checkpoint": "open",
     "open_tables": "open",
 }

@@ -277,9 +277,7 @@ def join_tables(
             w.close()
     pa.default_memory_pool().release_unused()
     if not aligned:
-        notes.append(
-            f"{srcs[0].name}: the tables are not aligned by id; joined block by block ({step} rows per block)"
-        )
+        notes.append(f"{srcs[0].name}: the tables are not aligned by id; joined block by block ({step} rows per block)")
     return TableWritten(str(output), fmt, int(len(lrows)), list(schema.names), notes)
 
 

@@ -181,6 +181,7 @@ def training_record(header: dict, meta: dict, data: TensorData, result: FitResul
         **header,
         **meta,
         "rows": {s: data.count(s) for s in ("train", "val", "test")},
+        "world_size": result.world_size,
         "best_epoch": result.best_epoch,
         "best_metrics": result.best_metrics,
         "final_metrics": result.final_metrics,
