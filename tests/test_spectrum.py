@@ -427,7 +427,7 @@ def test_cli_bad_inputs(files):
     other = d / "notes.txt"
     other.write_text("hello world")
     err = spectrum(other, code=1).stderr
-    assert "neither a safetensors checkpoint nor a Parquet feature table" in err
+    assert "neither a safetensors checkpoint nor a feature table (Parquet, Arrow IPC or a folder of shards)" in err
     assert "unknown --format" in spectrum(ckpt, "--format", "xml", code=2).stderr
     assert "unknown --split" in spectrum(ckpt, "--split", "dev", code=2).stderr
     assert "no input is a checkpoint" in spectrum(files["table"], "--data", files["table"], code=2).stderr

@@ -359,3 +359,30 @@ def test_c2_a_large_column_is_streamed_in_bounded_memory(tmp_path):
     del table
     ref = np.linalg.svd(x - x.mean(axis=0, dtype=np.float64), compute_uv=False)
     np.testing.assert_allclose(sigma, ref, rtol=1e-9, atol=0)
+
+
+def test_spectrum_of_an_arrow_file_and_a_folder_of_shards_equals_the_parquet_file(tmp_path):
+    """`cmkdtool spectrum TABLE` reads any table input the other commands read: an Arrow IPC file (table convert)
+    and a folder of Parquet shards give the Parquet file's numbers."""
+    from cmkdtool.pipelines.table import convert_table
+
+    rng = np.random.default_rng(4)
+    n = 900
+    x = (rng.standard_normal((n, 5)) * [4, 3, 2, 1, 0.5]).astype(np.float32)
+    ids = [f"r{i}" for i in range(n)]
+    write_table(build_table(ids, {"xa": x}), tmp_path / "t.parquet", row_group_size=200)
+    convert_table(str(tmp_path / "t.parquet"), str(tmp_path / "t.arrow"))
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for k, (a, b) in enumerate(((0, 300), (300, 650), (650, n))):
+        write_table(build_table(ids[a:b], {"xa": x[a:b]}), shards / f"part-{k}.parquet")
+
+    def sigma(path) -> list[float]:
+        done = subprocess.run([sys.executable, "-m", "cmkdtool", "spectrum", str(path), "--format", "json", "-q"],
+                              capture_output=True, text=True, check=False)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return [r["sigma_max"] for r in json.loads(done.stdout)]
+
+    ref = sigma(tmp_path / "t.parquet")
+    assert ref and sigma(tmp_path / "t.arrow") == pytest.approx(ref, rel=1e-9)
+    assert sigma(shards) == pytest.approx(ref, rel=1e-9)
