@@ -113,6 +113,24 @@ def test_stream_under_two_ranks_splits_rows_and_keeps_steps_equal(table):
         assert s0 == pytest.approx(n0 * 2 / (n0 + n1)) and s1 == pytest.approx(n1 * 2 / (n0 + n1))
 
 
+def test_stream_of_fewer_row_groups_than_processes_interleaves_rows(tmp_path):
+    """One row group (a small table) under 2 ranks: whole row groups cannot be shared out, so each rank reads it and
+    keeps every other train row: disjoint parts, every train row once, equal steps, no empty batch (an empty
+    batch gives a NaN loss)."""
+    data = _stream(_table(tmp_path / "one.parquet", 700, group=700), shuffle_buffer=2)
+    train = data.index("train")
+    parts, steps = [], []
+    for r in range(2):
+        batches = list(data.train_batches(train, 64, DistContext(rank=r, world_size=2)).epoch(
+            torch.Generator().manual_seed(5)))  # fmt: skip
+        assert min(len(b.index) for b in batches) >= 2
+        parts.append(torch.cat([b.index for b in batches]).tolist())
+        steps.append(len(batches))
+    assert steps[0] == steps[1]
+    assert not set(parts[0]) & set(parts[1]) and sorted(parts[0] + parts[1]) == train.tolist()
+    assert abs(len(parts[0]) - len(parts[1])) <= 1
+
+
 def test_stream_learns_within_two_points_of_device(tmp_path):
     path = _table(tmp_path / "learn.parquet", 20000, group=1000, seed=1)
     acc = {}

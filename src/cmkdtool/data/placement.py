@@ -266,6 +266,17 @@ class StreamBatches:
                 f"{2 * self.world}"
             )
         self.steps_per_epoch = max(1, n // bs + (n % bs >= 2 * self.world)) if n else 0
+        # fewer row groups than 4 per process (small tables): every process reads every row group and keeps every
+        # W-th train row of it, so no process is left without rows (whole row groups cannot be balanced)
+        self.interleave = self.world > 1 and int((self.unit_rows > 0).sum()) < 4 * self.world
+
+    def _my_rows(self, units, rank: int | None = None) -> int:
+        """Train rows of ``units`` that process ``rank`` (default: this one) reads."""
+        rows = self.unit_rows[np.asarray(units, dtype=np.int64)]
+        if not self.interleave:
+            return int(rows.sum())
+        r = self.rank if rank is None else rank
+        return int(np.maximum(0, (rows - r + self.world - 1) // self.world).sum())
 
     def plan(self, generator: torch.Generator) -> tuple[list[int], list[list[int]]]:
         """This rank's row groups in epoch order and every rank's batch sizes (one permutation per epoch)."""
@@ -276,6 +287,12 @@ class StreamBatches:
             n, bs, steps = self.rows, self.batch_size, self.steps_per_epoch
             sizes = [[bs] * (steps - 1) + [n - bs * (steps - 1)]]
             return mine, sizes
+        if self.interleave:
+            sizes = [
+                [len(a) for a in np.array_split(np.arange(self._my_rows(order, r)), self.steps_per_epoch)]
+                for r in range(self.world)
+            ]
+            return list(order), sizes
         before = np.concatenate([[0], np.cumsum(self.unit_rows[order])[:-1]])
         owner = np.minimum(self.world - 1, (before * self.world) // max(1, self.rows))
         sizes = []
@@ -295,13 +312,15 @@ class StreamBatches:
         step = 0
         for b in range(0, len(mine), data.slots):
             block = mine[b : b + data.slots]
-            n_block = int(self.unit_rows[block].sum())
+            n_block = self._my_rows(block)
             ring = data.ring(n_block)  # reusable slots: no new block-sized arrays per block (allocator growth)
             rows = np.empty(n_block, np.int64)
             off = 0
             for k in block:
                 start, stop = stream.units[int(k)]
                 keep = np.nonzero(self.train[start:stop])[0]
+                if self.interleave:
+                    keep = keep[self.rank :: self.world]
                 for c in dims:  # one column of one row group at a time
                     ring[c][off : off + len(keep)] = stream.read_column(int(k), c)[keep]
                 rows[off : off + len(keep)] = keep + start
