@@ -266,9 +266,10 @@ class StreamBatches:
                 f"{2 * self.world}"
             )
         self.steps_per_epoch = max(1, n // bs + (n % bs >= 2 * self.world)) if n else 0
-        # fewer row groups than 4 per process (small tables): every process reads every row group and keeps every
-        # W-th train row of it, so no process is left without rows (whole row groups cannot be balanced)
-        self.interleave = self.world > 1 and int((self.unit_rows > 0).sum()) < 4 * self.world
+        # a row group holding more than 1/(4 W) of the train rows (few row groups: small tables): whole row groups
+        # cannot be shared out evenly, so every process reads every row group and keeps every W-th train row of
+        # it (no process is left with fewer rows than steps: an empty batch would give a NaN loss)
+        self.interleave = self.world > 1 and int(self.unit_rows.max(initial=0)) * 4 * self.world > n
 
     def _my_rows(self, units, rank: int | None = None) -> int:
         """Train rows of ``units`` that process ``rank`` (default: this one) reads."""
