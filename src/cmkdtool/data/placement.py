@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cmkdtool.data.tensors import TensorData, _to_tensor
+from cmkdtool.data.tensors import TensorData, _to_tensor, batch_plan
 from cmkdtool.errors import CmkdError, CmkdUsageError
 from cmkdtool.io.tables import TableSource, table_format
 
@@ -259,13 +259,7 @@ class StreamBatches:
         self.train = train
         self.unit_rows = np.asarray([int(train[a:b].sum()) for a, b in data.stream.units])
         self.rows = n = int(train.sum())
-        self.batch_size = bs = n if batch_size is None else min(batch_size, n)
-        if self.world > 1 and bs < 2 * self.world:
-            raise CmkdUsageError(
-                f"--batch-size {bs} under {self.world} processes leaves a process fewer than 2 rows; use at least "
-                f"{2 * self.world}"
-            )
-        self.steps_per_epoch = max(1, n // bs + (n % bs >= 2 * self.world)) if n else 0
+        self.batch_size, self.steps_per_epoch = batch_plan(n, batch_size, self.world)
         # a row group holding more than 1/(4 W) of the train rows (few row groups: small tables): whole row groups
         # cannot be shared out evenly, so every process reads every row group and keeps every W-th train row of
         # it (no process is left with fewer rows than steps: an empty batch would give a NaN loss)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cmkdtool.errors import CmkdError
+from cmkdtool.errors import CmkdError, CmkdUsageError
 from cmkdtool.io.tables import FeatureTable
 
 
@@ -48,6 +48,19 @@ class TensorData:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+
+def batch_plan(rows: int, batch_size: int | None, world: int = 1) -> tuple[int, int]:
+    """(batch size, steps per epoch) of ``rows`` train rows in global batches of ``batch_size`` (None: all)
+    shared by ``world`` processes: a last batch of fewer than 2 x world rows joins the previous one (in one
+    process: a lone row, which BatchNorm cannot train on); a batch that leaves a process fewer than 2 rows is a
+    usage error."""
+    bs = rows if batch_size is None else min(batch_size, rows)
+    if world > 1 and bs < 2 * world:
+        raise CmkdUsageError(
+            f"--batch-size {bs} under {world} processes leaves a process fewer than 2 rows; use at least {2 * world}"
+        )
+    return bs, (max(1, rows // bs + (rows % bs >= 2 * world)) if rows else 0)
 
 
 def multi_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:

@@ -14,9 +14,8 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from cmkdtool.data.tensors import TensorData
+from cmkdtool.data.tensors import TensorData, batch_plan
 from cmkdtool.engine.method import Batch
-from cmkdtool.errors import CmkdUsageError
 from cmkdtool.nn.inference import LazyRows
 
 
@@ -41,14 +40,8 @@ class IndexBatches:
     def __init__(self, data: TensorData, index: Tensor, batch_size: int | None, dist=None) -> None:
         self.data, self.index = data, index
         self.rank, self.world = (dist.rank, dist.world_size) if dist is not None else (0, 1)
-        self.rows = n = len(index)
-        self.batch_size = bs = n if batch_size is None else min(batch_size, n)
-        if self.world > 1 and bs < 2 * self.world:
-            raise CmkdUsageError(
-                f"--batch-size {bs} under {self.world} processes leaves a process fewer than 2 rows; use at least "
-                f"{2 * self.world}"
-            )
-        self.steps_per_epoch = max(1, n // bs + (n % bs >= 2 * self.world)) if n else 0
+        self.rows = len(index)
+        self.batch_size, self.steps_per_epoch = batch_plan(self.rows, batch_size, self.world)
 
     def epoch(self, generator: torch.Generator) -> Iterator[Batch]:
         n, bs, steps = self.rows, self.batch_size, self.steps_per_epoch

@@ -113,19 +113,7 @@ class FeatureTable:
         f = self.table.schema.field(column)
         col = self.table.column(column)
         dim = _column_dim(col, f, self.name)
-        if col.null_count:
-            raise CmkdError(f"{self.name}: column '{column}' has {col.null_count} null rows; drop or fill them")
-        chunks = col.chunks
-        if len(chunks) == 1:
-            values = chunks[0].flatten()
-        else:
-            values = pa.concat_arrays([c.flatten() for c in chunks]) if chunks else pa.array([], pa.float32())
-        if values.null_count:
-            raise CmkdError(f"{self.name}: column '{column}' has null values inside rows; fill them")
-        arr = values.to_numpy(zero_copy_only=False)
-        if arr.dtype != np.float32:
-            arr = arr.astype(np.float32)
-        arr = arr.reshape(self.num_rows, dim)
+        arr = _column_numpy(col, column, self.name, self.num_rows, dim)
         if check_finite and column not in self.finite:
             bad = ~np.isfinite(arr)
             if bad.any():
@@ -474,6 +462,8 @@ class TableSource:
 
 
 def _column_numpy(col: pa.ChunkedArray, column: str, name: str, n: int, dim: int) -> np.ndarray:
+    """A feature column's values as a float32 (n, dim) array (zero-copy when they are float32 in one chunk);
+    null rows or null values inside rows are errors."""
     if col.null_count:
         raise CmkdError(f"{name}: column '{column}' has {col.null_count} null rows; drop or fill them")
     chunks = col.chunks
