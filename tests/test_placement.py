@@ -131,6 +131,29 @@ def test_stream_of_fewer_row_groups_than_processes_interleaves_rows(tmp_path):
     assert abs(len(parts[0]) - len(parts[1])) <= 1
 
 
+def test_shuffle_quality_note_for_rows_grouped_by_class(tmp_path, capsys):
+    """B7: rows sorted by class put one or two classes in each row group; a buffer of 2 row groups then holds a
+    fraction of the classes, and a note names a --shuffle-buffer that would hold 90 % of them. A shuffled table
+    of the same rows gets no note."""
+    from cmkdtool.data.placement import shuffle_quality
+
+    n, classes = 1200, 6
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(classes), n // classes)
+    x = rng.normal(size=(n, 4)).astype(np.float32) + y[:, None]
+    for name, order in (("sorted", np.arange(n)), ("shuffled", rng.permutation(n))):
+        t = build_table([f"r{i}" for i in order], {"x": x[order]}, label=y[order])
+        pq.write_table(t, tmp_path / f"{name}.parquet", row_group_size=100)
+    note = shuffle_quality(_stream(tmp_path / "sorted.parquet", shuffle_buffer=2))
+    assert note is not None and "a buffer of 2 row groups holds" in note and "of the 6 classes" in note
+    need = int(note.split("--shuffle-buffer ")[1].split()[0])
+    assert 2 < need <= 12
+    assert shuffle_quality(_stream(tmp_path / "sorted.parquet", shuffle_buffer=need)) is None
+    assert shuffle_quality(_stream(tmp_path / "shuffled.parquet", shuffle_buffer=2)) is None
+    open_tables([str(tmp_path / "sorted.parquet")], ["x"], "cpu", placement="stream", shuffle_buffer=2, quiet=False)
+    assert "rows grouped by class?" in capsys.readouterr().err
+
+
 def test_stream_learns_within_two_points_of_device(tmp_path):
     path = _table(tmp_path / "learn.parquet", 20000, group=1000, seed=1)
     acc = {}

@@ -416,6 +416,43 @@ def stream_data(
     return data
 
 
+SHUFFLE_QUALITY = 0.9
+"""The fraction of the classes a stream's buffer of row groups should hold on average (else a note says so)."""
+
+
+def _classes_per_buffer(unit_classes: list[np.ndarray], slots: int, classes: int, draws: int = 64) -> float:
+    """Mean fraction of the classes in ``slots`` row groups drawn at random (a fixed generator: the same note on
+    every run)."""
+    rng = np.random.default_rng(0)
+    k = min(slots, len(unit_classes))
+    seen = [len(np.unique(np.concatenate([unit_classes[i] for i in rng.choice(len(unit_classes), k, False)])))
+            for _ in range(draws)]  # fmt: skip
+    return float(np.mean(seen)) / classes
+
+
+def shuffle_quality(data: StreamData) -> str | None:
+    """A note when the stream's block shuffle mixes classes poorly: rows grouped by class (``extract`` writes class
+    folders in order) put few classes in each row group, so a buffer of ``--shuffle-buffer`` row groups holds few
+    classes and batches are far from a uniform draw (spec B7). None when the buffer holds 90 % of the classes on
+    average, or for multi-label tables."""
+    if data.task != "multiclass" or data.labels is None or not data.num_classes:
+        return None
+    train = data.split == "train"
+    units = [np.unique(data.labels[a:b][train[a:b]]) for a, b in data.stream.units]
+    units = [u for u in units if len(u)]
+    classes = len(np.unique(np.concatenate(units))) if units else 0
+    if classes < 2 or _classes_per_buffer(units, data.slots, classes) >= SHUFFLE_QUALITY:
+        return None
+    have = _classes_per_buffer(units, data.slots, classes)
+    need = next((k for k in range(data.slots + 1, len(units) + 1)
+                 if _classes_per_buffer(units, k, classes) >= SHUFFLE_QUALITY), len(units))  # fmt: skip
+    return (
+        f"{data.source}: a buffer of {data.slots} row groups holds {have:.0%} of the {classes} classes on average "
+        f"(rows grouped by class?), so streamed batches mix classes poorly; use --shuffle-buffer {need} or shuffle "
+        "the table's rows once"
+    )
+
+
 def check_stream_input(path: str) -> None:
     if str(path) == "-":
         raise CmkdUsageError(

@@ -171,6 +171,11 @@ def open_tables(
         if data.target is not None:
             data.target = data.target.to(dev)
         data = stream_data(data, table.lazy, [c for c in cols if c in table.lazy], dev, plan.slots)
+        from cmkdtool.data.placement import shuffle_quality
+
+        poor = shuffle_quality(data)
+        if poor and not quiet:
+            print(f"note: {poor}", file=sys.stderr)
     return Tables(table, data, ratio, seed, list(table.notes))
 
 
