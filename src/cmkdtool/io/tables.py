@@ -453,12 +453,30 @@ class TableSource:
 
     def iter_column_chunks(self, column: str, chunk_rows: int = 8192) -> Iterator[np.ndarray]:
         """Float32 (n, D) arrays of ``column`` in row order, row group by row group, at most ``chunk_rows`` rows
-        each, each checked for NaN/inf."""
+        each, each checked for NaN/inf. Parquet row groups are decoded ``chunk_rows`` at a time (memory: a chunk,
+        not a row group)."""
         dim = self.column_dim(column)
-        for k in range(len(self.groups)):
-            arr = self.group_array(k, column, dim)
-            for s in range(0, len(arr), chunk_rows):
-                yield arr[s : s + chunk_rows]
+        for k, (part, g, start, _) in enumerate(self.groups):
+            p = self.parts[part]
+            if p.kind == "ipc":  # zero-copy views of the memory-mapped record batch
+                arr = self.group_array(k, column, dim)
+                for s in range(0, len(arr), chunk_rows):
+                    yield arr[s : s + chunk_rows]
+                continue
+            try:
+                batches = p._reader.iter_batches(
+                    batch_size=chunk_rows, row_groups=[g], columns=[column], use_threads=False
+                )
+                offset = 0
+                for b in batches:
+                    col = pa.chunked_array([b.column(0)])
+                    _column_dim(col, b.schema.field(0), p.path)  # ragged list rows: the one-line error
+                    arr = _column_numpy(col, column, p.path, b.num_rows, dim)
+                    _check_finite_chunk(arr, column, p, g, start, offset)
+                    yield arr
+                    offset += b.num_rows
+            except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as e:
+                raise _foreign(p.path, e) from e
 
 
 def _column_numpy(col: pa.ChunkedArray, column: str, name: str, n: int, dim: int) -> np.ndarray:
@@ -479,11 +497,13 @@ def _column_numpy(col: pa.ChunkedArray, column: str, name: str, n: int, dim: int
     return arr.reshape(n, dim)
 
 
-def _check_finite_chunk(arr: np.ndarray, column: str, part: _Part, g: int, start: int) -> None:
+def _check_finite_chunk(arr: np.ndarray, column: str, part: _Part, g: int, start: int, offset: int = 0) -> None:
+    """``arr`` (rows ``offset``... of row group ``g``, which starts at table row ``start``) is finite, else a
+    one-line error naming the first bad row's id."""
     if np.isfinite(arr).all():
         return
     bad = ~np.isfinite(arr)
-    rows = np.nonzero(bad.any(axis=1))[0]
+    rows = np.nonzero(bad.any(axis=1))[0] + offset
     try:
         ids = part.read_group(g, ["id"]).column("id")
         first = f"id '{ids[int(rows[0])].as_py()}'"
