@@ -143,8 +143,8 @@ class Trainer:
         if dist.active:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            # dropout and other draws differ between processes (one process keeps its stream unchanged)
-            torch.manual_seed(cfg.seed + 1_000_003 * dist.rank)
+            if dist.world_size > 1:  # dropout and other draws differ between processes (one keeps its stream)
+                torch.manual_seed(cfg.seed + 1_000_003 * dist.rank)
             own = {id(p) for spec in method.optimizers().values() for p in spec.params}
             ignore = [f"method.{n}" for n, p in method.named_parameters() if id(p) in own]
             ignore += [f"method.{n}" for n, _ in method.named_buffers()]  # method state stays per process
