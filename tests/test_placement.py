@@ -236,8 +236,9 @@ def _peak(path, out, budget, placement="auto"):
 def test_streamed_pretrain_does_not_hold_the_features(tmp_path):
     """B2 at a CI size: 120k and 360k x 256 tables (123 and 369 MB of features, 8192-row groups) under a 32 MB
     budget stream (auto says so), and the peak anonymous memory grows by far less than the extra rows' features
-    (what grows is the small columns held per row: ids, split, labels, indices, about 190 bytes a row against
-    1024 bytes of features); the in-memory placement on the smaller table needs more than twice the stream's."""
+    (what grows is the small columns held per row: ids, split, labels, indices, about 190-250 bytes a row against
+    1024 bytes of features: holding the features would grow it by 246 MB or more); the in-memory placement on the
+    larger table needs more than twice the stream's memory."""
     feat = {n: n * 256 * 4 for n in (120_000, 360_000)}
     tiny = _table(tmp_path / "tiny.parquet", 1000, group=8192, val_every=50, d=256)
     base, _ = _peak(tiny, tmp_path / "tiny.safetensors", "32MB")
@@ -246,7 +247,7 @@ def test_streamed_pretrain_does_not_hold_the_features(tmp_path):
         big = _table(tmp_path / f"big{n}.parquet", n, group=8192, val_every=50, d=256)
         peak[n], err = _peak(big, tmp_path / "big.safetensors", "32MB")
         assert "streaming row groups" in err
-    device, _ = _peak(tmp_path / "big120000.parquet", tmp_path / "dev.safetensors", "32MB", "device")
+    device, _ = _peak(tmp_path / "big360000.parquet", tmp_path / "dev.safetensors", "32MB", "device")
     grown = peak[360_000] - peak[120_000]
-    assert grown < 0.3 * (feat[360_000] - feat[120_000]), (grown / 1e6, peak, base)
-    assert peak[120_000] - base < 0.5 * (device - base), (peak, device, base)
+    assert grown < 0.4 * (feat[360_000] - feat[120_000]), (grown / 1e6, peak, base)
+    assert peak[360_000] - base < 0.5 * (device - base), (peak, device, base)
