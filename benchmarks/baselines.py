@@ -90,16 +90,12 @@ def check_dependencies() -> None:
     problems = []
     if shutil.which("espeak-ng") is None:
         problems.append(
-            "the espeak-ng program is missing; install espeak-ng: apt-get install espeak-ng (Debian/Ubuntu) "
-            "or brew install espeak-ng (macOS)"
+            "the espeak-ng program is missing (the system package espeak-ng on Debian/Ubuntu and in Homebrew)"
         )
     missing = [p for m, p in (("sklearn", "scikit-learn"), ("soundfile", "soundfile"), ("PIL", "pillow"))
                if importlib.util.find_spec(m) is None]  # fmt: skip
     if missing:
-        problems.append(
-            f"missing Python package(s) {', '.join(missing)} in {sys.prefix}; install with: "
-            f"{sys.executable} -m pip install {' '.join(missing)}"
-        )
+        problems.append(f"Python package(s) {', '.join(missing)} missing from {sys.prefix} (make venv adds them)")
     if problems:
         fail("; and ".join(problems))
 

@@ -104,8 +104,8 @@ def test_av_digits_example_runs(tmp_path):
     import shutil
 
     if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng or brew install espeak-ng)")
-    pytest.importorskip("sklearn", reason="scikit-learn is not installed (pip install -e '.[examples]')")
+        pytest.skip("the espeak-ng program is not on PATH (a system package)")
+    pytest.importorskip("sklearn", reason="scikit-learn is missing (the project's 'examples' extra)")
     env = {
         **os.environ,
         "PER_CLASS": "24",

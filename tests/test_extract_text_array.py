@@ -18,6 +18,7 @@ import pytest
 from cmkdtool.errors import CmkdError
 from cmkdtool.extract.arrays import ArraySource, read_array_source
 from cmkdtool.extract.text import (
+    INSTALL_HINT,
     HashingEncoder,
     SentenceTransformerEncoder,
     bucket_and_sign,
@@ -236,7 +237,7 @@ def test_sentence_transformers_missing_names_the_extra(monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "sentence_transformers", None)  # import fails as if not installed
-    one_line_error(lambda: make_encoder("sentence-transformers:all-MiniLM-L6-v2"), "pip install 'cmkdtool[text]'")
+    one_line_error(lambda: make_encoder("sentence-transformers:all-MiniLM-L6-v2"), INSTALL_HINT)  # names the extra
 
 
 # ==============================================================================================================

@@ -28,8 +28,8 @@ By default every sample gets its own utterance (espeak-ng takes ~15 ms a word); 
 digit once and lets the samples share them (each still with its own noise, offset and gain).
 
 Deterministic for a seed (and a given espeak-ng version and voice set). Needs numpy, pillow, soundfile,
-scikit-learn and the espeak-ng program (Debian/Ubuntu: apt-get install espeak-ng; macOS: brew install
-espeak-ng). It installs nothing itself: when one is missing it says what to install and exits with status 1.
+scikit-learn and the espeak-ng program (the system package espeak-ng on Debian/Ubuntu and in Homebrew). It
+installs nothing itself: when one is missing it names what is missing and exits with status 1.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from pathlib import Path
 try:
     import numpy as np
 except ImportError:
-    sys.exit("make_data.py: error: missing Python package numpy; install with: pip install numpy")
+    sys.exit(f"make_data.py: error: the Python package numpy is missing from {sys.prefix}; add it, then rerun")
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 # espeak-ng voices tried in this order; those this installation lacks are skipped (the mbrola ones need extra
@@ -153,7 +153,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def check_dependencies() -> None:
-    """Say what is missing and how to install it (never install anything), then exit with status 1."""
+    """Say what is missing and where it comes from (never install anything), then exit with status 1."""
     missing = []
     for module, package in (("PIL", "pillow"), ("soundfile", "soundfile"), ("sklearn", "scikit-learn")):
         try:
@@ -162,14 +162,10 @@ def check_dependencies() -> None:
             missing.append(package)
     problems = []
     if missing:
-        problems.append(
-            f"missing Python package(s) {', '.join(missing)}; install with: "
-            f"{sys.executable} -m pip install {' '.join(missing)}"
-        )
+        problems.append(f"Python package(s) {', '.join(missing)} missing from {sys.prefix} (make venv adds them)")
     if shutil.which("espeak-ng") is None:
         problems.append(
-            "the espeak-ng program is not on PATH; install espeak-ng: apt-get install espeak-ng (Debian/Ubuntu) "
-            "or brew install espeak-ng (macOS)"
+            "the espeak-ng program is not on PATH (the system package espeak-ng on Debian/Ubuntu and in Homebrew)"
         )
     if problems:
         fail("; and ".join(problems))

@@ -32,13 +32,13 @@ py=$(dirname "$(command -v cmkdtool)")/python
 # An example never changes the machine: when a dependency is missing, say what to install and stop.
 missing=0
 if ! command -v espeak-ng >/dev/null; then
-  echo "run.sh: the espeak-ng program is missing; install espeak-ng: apt-get install espeak-ng (Debian/Ubuntu)" \
-    "or brew install espeak-ng (macOS)" >&2
+  echo "run.sh: the espeak-ng program is missing (the system package espeak-ng on Debian/Ubuntu and in" \
+    "Homebrew); add it, then rerun" >&2
   missing=1
 fi
 if ! "$py" -c "import sklearn" 2>/dev/null; then
   echo "run.sh: scikit-learn is missing from $("$py" -c 'import sys; print(sys.prefix)');" \
-    "install it: $py -m pip install scikit-learn" >&2
+    "add it to that Python (make venv does: the 'examples' extra), then rerun" >&2
   missing=1
 fi
 [ "$missing" -eq 0 ] || exit 1
