@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_helpers import history, run
+from cli_helpers import refused as _refused
 from typer.testing import CliRunner
 
-from cmkdtool.cli.app import app
 from cmkdtool.data.tensors import load_tensor_data
 from cmkdtool.engine.config import TrainConfig
 from cmkdtool.engine.trainer import Trainer, seed_everything
@@ -57,24 +58,6 @@ def _rand(*shape: int, seed: int, dtype: torch.dtype = torch.float64) -> torch.T
 
 def _long(rows) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.long)
-
-
-def run(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result
-
-
-def history(path) -> list[dict]:
-    return [json.loads(x) for x in open(f"{path}.history.jsonl")]
-
-
-def _refused(*args) -> str:
-    res = runner.invoke(app, [str(a) for a in args])
-    assert res.exit_code == 2, res.output
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("cmkdtool: error: "), res.stderr
-    return lines[0]
 
 
 # ---------------------------------------------------------------- Eq. 8: hand values, CCL, parity, references

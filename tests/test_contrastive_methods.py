@@ -5,17 +5,17 @@ with the memory banks as method state, the one-line usage errors, and the regist
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 
 import numpy as np
 import pytest
 import torch
+from cli_helpers import history, run, tensors
+from cli_helpers import refused as _refused
 from typer.testing import CliRunner
 
-from cmkdtool.cli.app import app
-from cmkdtool.io.checkpoints import read_checkpoint, read_metadata
+from cmkdtool.io.checkpoints import read_metadata
 from cmkdtool.io.tables import build_table, write_table
 
 runner = CliRunner()
@@ -57,20 +57,6 @@ CCL_TERMS = {"nce_vm", "nce_va", "nce_ma", "nce_vm_m", "jsd", "jsd_m", "ce", "ce
 # attribute names of the methods' training-only modules (GMC's shared ``head`` is an Embed: ``head.linear.*``,
 # never the student's classifier ``head.<i>.*``)
 TRAINING_ONLY = ("memory", "embed", "composition", "head.linear", "process", "projector", "sampler")
-
-
-def run(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result
-
-
-def history(path):
-    return [json.loads(x) for x in open(f"{path}.history.jsonl")]
-
-
-def tensors(path):
-    return read_checkpoint(path)[0]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -207,14 +193,6 @@ def test_resume_is_bit_identical_with_the_memory_banks(mfh_table, teacher, tmp_p
     assert "model.memory.z" in saved and bool((saved["model.memory.z"] > 0).all())  # Z was set at the first step
     final, _ = resume_check.resume_and_compare(args, full, part, 4)
     assert not torch.equal(final["model.memory.memory_student"], saved["model.memory.memory_student"])  # moved
-
-
-def _refused(*args):
-    res = runner.invoke(app, [str(a) for a in args])
-    assert res.exit_code == 2, res.output
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("cmkdtool: error: "), res.stderr
-    return lines[0]
 
 
 @pytest.mark.parametrize(

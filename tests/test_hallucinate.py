@@ -15,9 +15,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from cli_helpers import history, run, tensors
+from cli_helpers import refused as _refused
 from typer.testing import CliRunner
 
-from cmkdtool.cli.app import app
 from cmkdtool.io.checkpoints import load_model, read_checkpoint
 from cmkdtool.methods.hallucinate import DEFAULT_WEIGHTS, Hallucinate
 from cmkdtool.methods.registry import get
@@ -26,28 +27,6 @@ runner = CliRunner()
 LOSSES = ("mse", "pkt", "dask", "adversarial")
 STUDENT = ["-i", "xb", "--arch", "mlp", "--hidden", "16", "--lr", "0.01", "-q"]
 BASE = {"epoch", "lr", "train/loss", "val/accuracy", "val/loss"}
-
-
-def run(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result
-
-
-def history(path):
-    return [json.loads(x) for x in open(f"{path}.history.jsonl")]
-
-
-def tensors(path):
-    return read_checkpoint(path)[0]
-
-
-def _refused(*args) -> str:
-    res = runner.invoke(app, [str(a) for a in args])
-    assert res.exit_code == 2, res.output
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("cmkdtool: error: "), res.stderr
-    return lines[0]
 
 
 def _ordinary_keys(weights):

@@ -15,9 +15,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from cli_helpers import history, run, tensors
+from cli_helpers import refused as _refused
 from typer.testing import CliRunner
 
-from cmkdtool.cli.app import app
 from cmkdtool.errors import CmkdUsageError
 from cmkdtool.io.checkpoints import load_model, read_checkpoint, save_checkpoint
 from cmkdtool.losses.gradnorm import adam_update, gradnorm_weight_grad, renormalise
@@ -28,28 +29,6 @@ runner = CliRunner()
 STUDENT = ["-i", "xb", "--arch", "mlp", "--hidden", "16", "--lr", "0.01", "-q"]
 AUX_TERMS = ("train/ce", "train/mmd", "train/kl", "train/ctn", "train/alpha", "train/beta")
 GRADNORM_EPOCHS = 12
-
-
-def run(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result
-
-
-def history(path):
-    return [json.loads(x) for x in open(f"{path}.history.jsonl")]
-
-
-def tensors(path):
-    return read_checkpoint(path)[0]
-
-
-def _refused(*args) -> str:
-    res = runner.invoke(app, [str(a) for a in args])
-    assert res.exit_code == 2, res.output
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("cmkdtool: error: "), res.stderr
-    return lines[0]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

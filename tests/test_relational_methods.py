@@ -3,11 +3,11 @@ tiny images), the layer checks."""
 
 from __future__ import annotations
 
-import json
 import re
 
 import numpy as np
 import pytest
+from cli_helpers import history, run
 from typer.testing import CliRunner
 
 from cmkdtool.cli.app import app
@@ -37,16 +37,6 @@ OWN = {
         "--projector": "auto",
     },
 }
-
-
-def run(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result
-
-
-def history(path):
-    return [json.loads(x) for x in open(f"{path}.history.jsonl")]
 
 
 @pytest.fixture(scope="module")
