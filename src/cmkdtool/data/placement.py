@@ -441,9 +441,9 @@ def shuffle_quality(data: StreamData) -> str | None:
     units = [np.unique(data.labels[a:b][train[a:b]]) for a, b in data.stream.units]
     units = [u for u in units if len(u)]
     classes = len(np.unique(np.concatenate(units))) if units else 0
-    if classes < 2 or _classes_per_buffer(units, data.slots, classes) >= SHUFFLE_QUALITY:
+    have = _classes_per_buffer(units, data.slots, classes) if classes >= 2 else 1.0
+    if have >= SHUFFLE_QUALITY:
         return None
-    have = _classes_per_buffer(units, data.slots, classes)
     need = next((k for k in range(data.slots + 1, len(units) + 1)
                  if _classes_per_buffer(units, k, classes) >= SHUFFLE_QUALITY), len(units))  # fmt: skip
     return (

@@ -428,24 +428,9 @@ class TableSource:
         out = np.empty((self.num_rows, dim), np.float32)
         finite = True
         for part, g, start, n in self.groups:
-            p = self.parts[part]
-            if p.kind == "ipc":
-                arr = _column_numpy(p.read_group(g, [column]).column(column), column, p.path, n, dim)
-                out[start : start + n] = arr
+            for offset, arr in self._group_chunks(part, g, column, dim, 8192):
+                out[start + offset : start + offset + len(arr)] = arr
                 finite = finite and bool(np.isfinite(arr).all())
-                continue
-            pos = start
-            try:
-                batches = p._reader.iter_batches(batch_size=8192, row_groups=[g], columns=[column], use_threads=False)
-                for b in batches:
-                    col = pa.chunked_array([b.column(0)])
-                    _column_dim(col, b.schema.field(0), p.path)  # ragged list rows: the one-line error
-                    arr = _column_numpy(col, column, p.path, b.num_rows, dim)
-                    out[pos : pos + len(arr)] = arr
-                    finite = finite and bool(np.isfinite(arr).all())
-                    pos += len(arr)
-            except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as e:
-                raise _foreign(p.path, e) from e
             if n * dim * 4 >= 1 << 24:
                 pa.default_memory_pool().release_unused()
         flat = pa.array(out.reshape(-1))  # zero-copy: Arrow shares the numpy buffer (kept alive by the array)
@@ -456,27 +441,31 @@ class TableSource:
         each, each checked for NaN/inf. Parquet row groups are decoded ``chunk_rows`` at a time (memory: a chunk,
         not a row group)."""
         dim = self.column_dim(column)
-        for k, (part, g, start, _) in enumerate(self.groups):
-            p = self.parts[part]
-            if p.kind == "ipc":  # zero-copy views of the memory-mapped record batch
-                arr = self.group_array(k, column, dim)
-                for s in range(0, len(arr), chunk_rows):
-                    yield arr[s : s + chunk_rows]
-                continue
-            try:
-                batches = p._reader.iter_batches(
-                    batch_size=chunk_rows, row_groups=[g], columns=[column], use_threads=False
-                )
-                offset = 0
-                for b in batches:
-                    col = pa.chunked_array([b.column(0)])
-                    _column_dim(col, b.schema.field(0), p.path)  # ragged list rows: the one-line error
-                    arr = _column_numpy(col, column, p.path, b.num_rows, dim)
-                    _check_finite_chunk(arr, column, p, g, start, offset)
-                    yield arr
-                    offset += b.num_rows
-            except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as e:
-                raise _foreign(p.path, e) from e
+        for part, g, start, _ in self.groups:
+            for offset, arr in self._group_chunks(part, g, column, dim, chunk_rows):
+                _check_finite_chunk(arr, column, self.parts[part], g, start, offset)
+                yield arr
+
+    def _group_chunks(self, part: int, g: int, column: str, dim: int, rows: int) -> Iterator[tuple[int, np.ndarray]]:
+        """(offset in the row group, float32 (n, D) array) of row group ``g`` of part ``part``, at most ``rows``
+        rows at a time: zero-copy views of a memory-mapped IPC batch, or Parquet pages decoded ``rows`` at a
+        time (a chunk's memory, not the row group's). Nulls and ragged rows are one-line errors."""
+        p = self.parts[part]
+        if p.kind == "ipc":
+            t = p.read_group(g, [column])
+            arr = _column_numpy(t.column(column), column, p.path, t.num_rows, dim)
+            for s in range(0, len(arr), rows):
+                yield s, arr[s : s + rows]
+            return
+        try:
+            offset = 0
+            for b in p._reader.iter_batches(batch_size=rows, row_groups=[g], columns=[column], use_threads=False):
+                col = pa.chunked_array([b.column(0)])
+                _column_dim(col, b.schema.field(0), p.path)  # ragged list rows: the one-line error
+                yield offset, _column_numpy(col, column, p.path, b.num_rows, dim)
+                offset += b.num_rows
+        except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as e:
+            raise _foreign(p.path, e) from e
 
 
 def _column_numpy(col: pa.ChunkedArray, column: str, name: str, n: int, dim: int) -> np.ndarray:
